@@ -1,0 +1,549 @@
+"""Configuration: read once at start, validated, typed and frozen, passed down.
+
+The file is TOML (see ``config.example.toml`` for every key). Before
+validation two things are resolved, in this order:
+
+- ``${VAR}`` in any string is replaced by the environment variable ``VAR``;
+- every secret key ``X`` may instead be given as ``X_file``, a path whose
+  contents (trailing newline stripped) become the value. This is how systemd
+  credentials (``LoadCredential=``) reach the bridge.
+
+Every problem is reported at once, one line each, naming the key::
+
+    agents.default.backend: expected one of "thinnest", "peaka", "echo"
+    agents.default.api_key: environment variable THINNEST_API_KEY is not set
+    slack.alowed_users: unknown key; did you mean "allowed_users"?
+
+Secrets are `pydantic.SecretStr`: their repr is ``SecretStr('**********')``
+and no error message ever includes a value.
+
+Example::
+
+    config = load_config(Path("agent-bridge.toml"), os.environ)
+    config.agents["default"].timeout   # 120.0
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
+
+from bridge.errors import ConfigError
+
+#: Keys whose values are secrets: each also accepts ``<key>_file``.
+SECRET_KEYS = frozenset({"api_key", "bot_token", "app_token", "signing_secret", "webhook_secret"})
+BACKENDS = ("thinnest", "peaka", "echo")
+PEAKA_ZONES = {
+    "us": "https://partner.peaka.studio/api/v1",
+    "eu": "https://partner.eu.peaka.studio/api/v1",
+}
+DEFAULT_CONFIG_NAME = "agent-bridge.toml"
+ENV_CONFIG = "AGENT_BRIDGE_CONFIG"
+DEFAULT_STORAGE_URL = "sqlite+aiosqlite:///agent-bridge.db"
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+class _Section(BaseModel):
+    # strict: a wrong type is an error, not a silent coercion ("60" is not 60).
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+def _parse_listen(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError('expected "host:port", e.g. "127.0.0.1:8443"')
+    return value
+
+
+def split_listen(value: str) -> tuple[str, int]:
+    """``"127.0.0.1:8443"`` -> ``("127.0.0.1", 8443)``; ``[::1]:80`` works too."""
+    host, _, port = value.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+Listen = Annotated[str, Field(pattern=r".+:\d+$")]
+
+
+class StorageConfig(_Section):
+    #: SQLAlchemy URL; a relative SQLite path is resolved against the config
+    #: file's folder. Hidden from repr: a PostgreSQL URL may hold a password.
+    url: str = Field(DEFAULT_STORAGE_URL, repr=False)
+    #: Days after which the text of finished messages is erased.
+    retention_days: float = Field(7, gt=0)
+
+    @property
+    def display_url(self) -> str:
+        """The URL with any password masked, for logs and `check`."""
+        from sqlalchemy.engine import make_url
+
+        try:
+            return make_url(self.url).render_as_string(hide_password=True)
+        except Exception:
+            return "<unparsable url>"
+
+
+class _AgentBase(_Section):
+    #: Seconds for one agent call (connect + read).
+    timeout: float = Field(120, gt=0)
+    #: Upper bound, in seconds, of the time spent waiting between retries of
+    #: one call (429 and 5xx/connection errors).
+    max_retry_wait: float = Field(60, ge=0)
+
+
+class ThinnestAgentConfig(_AgentBase):
+    backend: Literal["thinnest"]
+    agent_id: str = Field(min_length=1)
+    api_key: SecretStr
+    base_url: str = "https://api.thinnest.ai"
+
+
+class PeakaAgentConfig(_AgentBase):
+    backend: Literal["peaka"]
+    project_id: str = Field(min_length=1)
+    api_key: SecretStr
+    zone: Literal["us", "eu"] = "us"
+    base_url: str | None = None
+    no_execute: bool = False
+
+    @property
+    def effective_base_url(self) -> str:
+        return self.base_url or PEAKA_ZONES[self.zone]
+
+
+class EchoAgentConfig(_AgentBase):
+    backend: Literal["echo"]
+
+
+AgentConfig = Annotated[
+    ThinnestAgentConfig | PeakaAgentConfig | EchoAgentConfig,
+    Field(discriminator="backend"),
+]
+
+
+class MessagesConfig(_Section):
+    """What users see when the agent cannot answer. Placeholders in braces."""
+
+    insufficient_balance: str = (
+        "Sorry, I can't answer right now: the agent's account is out of credit. "
+        "An administrator needs to top it up."
+    )
+    rate_limited: str = (
+        "The agent is busy right now. Please try again in about {retry_after} seconds."
+    )
+    unauthorized: str = (
+        "Sorry, I can't reach the agent: the bridge is not authorized to use it. "
+        "An administrator needs to check its API key."
+    )
+    not_found: str = (
+        "Sorry, I can't reach the agent: it was not found. "
+        "An administrator needs to check the bridge's configuration."
+    )
+    unavailable: str = "The agent is unavailable right now. Please try again in a few minutes."
+    timeout: str = (
+        "The agent took too long to answer. Please try again, perhaps with a shorter question."
+    )
+    bad_reply: str = "The agent sent a reply I could not read. Please try again."
+    session_restarted: str = "_(The previous conversation had expired, so this one started over.)_"
+    input_too_long: str = (
+        "Your message is too long for the agent ({length} characters; the limit is "
+        "{max_chars}). Please shorten it and send it again."
+    )
+    internal_error: str = (
+        "Something went wrong on my side while handling your message. "
+        "An administrator can find the details in the bridge's logs."
+    )
+
+    def render(self, kind: str, **values: object) -> str:
+        """The text for ``kind`` with its placeholders filled in."""
+        template: str = getattr(self, kind, self.internal_error)
+        try:
+            return template.format(**values)
+        except (KeyError, IndexError, ValueError):
+            return template
+
+
+#: The placeholders each message may use; anything else is a config error.
+_MESSAGE_PLACEHOLDERS: dict[str, frozenset[str]] = {
+    "rate_limited": frozenset({"retry_after"}),
+    "input_too_long": frozenset({"length", "max_chars"}),
+}
+
+
+class DispatcherConfig(_Section):
+    #: Agent calls in flight across all conversations.
+    max_concurrency: int = Field(64, ge=1)
+    #: Longer input gets a clear message instead of an agent call.
+    max_input_chars: int = Field(16000, ge=1)
+
+
+class TelegramConfig(_Section):
+    bot_token: SecretStr
+    agent: str = "default"
+    allowed_users: list[int | str] = Field(min_length=1)
+    allowed_chats: list[int] = Field(default_factory=list)
+    group_trigger: Literal["mention", "all"] = "mention"
+    chat_agents: dict[str, str] = Field(default_factory=dict)
+    mode: Literal["polling", "webhook"] = "polling"
+    webhook_url: str | None = None
+    webhook_secret: SecretStr | None = None
+    listen: str = "127.0.0.1:8443"
+    api_url: str = "https://api.telegram.org/bot"
+
+    @field_validator("allowed_users")
+    @classmethod
+    def _users(cls, value: list[int | str]) -> list[int | str]:
+        for item in value:
+            if isinstance(item, str) and item != "*" and not re.fullmatch(r"@\w{1,64}", item):
+                raise ValueError('expected numeric user ids, "@username" or "*"')
+        return value
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        return _parse_listen(value)
+
+
+class SlackConfig(_Section):
+    bot_token: SecretStr
+    app_token: SecretStr | None = None
+    agent: str = "default"
+    allowed_channels: list[str] = Field(default_factory=lambda: ["*"])
+    allowed_users: list[str] = Field(default_factory=lambda: ["*"])
+    allowed_teams: list[str] = Field(default_factory=list)
+    channel_agents: dict[str, str] = Field(default_factory=dict)
+    thread_followups: bool = True
+    mode: Literal["socket", "http"] = "socket"
+    signing_secret: SecretStr | None = None
+    listen: str = "127.0.0.1:3000"
+    path: str = "/slack/events"
+    api_url: str = "https://slack.com/api/"
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        return _parse_listen(value)
+
+
+class DaemonConfig(_Section):
+    #: host:port for /healthz and /metrics; off when unset.
+    http_listen: str | None = None
+    #: Seconds to let agent calls in flight finish on SIGTERM.
+    shutdown_grace: float = Field(30, ge=0)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = "text"
+
+    @field_validator("http_listen")
+    @classmethod
+    def _listen(cls, value: str | None) -> str | None:
+        return None if value is None else _parse_listen(value)
+
+
+class Config(_Section):
+    storage: StorageConfig = StorageConfig()
+    agents: dict[str, AgentConfig] = Field(min_length=1)
+    messages: MessagesConfig = MessagesConfig()
+    dispatcher: DispatcherConfig = DispatcherConfig()
+    telegram: TelegramConfig | None = None
+    slack: SlackConfig | None = None
+    daemon: DaemonConfig = DaemonConfig()
+
+
+# --- loading ---------------------------------------------------------------------------
+
+
+def find_config_path(cli_path: str | Path | None, environ: Mapping[str, str]) -> Path | None:
+    """``--config``, else ``$AGENT_BRIDGE_CONFIG``, else ``./agent-bridge.toml`` if it
+    exists. An explicit path that does not exist is an error; ``None`` means
+    "no config anywhere"."""
+    explicit = cli_path or environ.get(ENV_CONFIG)
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not path.is_file():
+            origin = "--config" if cli_path else ENV_CONFIG
+            raise ConfigError([f"{origin}: config file {str(path)!r} not found"])
+        return path
+    default = Path(DEFAULT_CONFIG_NAME)
+    return default if default.is_file() else None
+
+
+def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
+    """Read, resolve and validate the config file; raise `ConfigError` listing
+    every problem."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
+    return parse_config(raw, base_dir=path.parent, environ=environ)
+
+
+def default_config() -> Config:
+    """The embedded default: the echo agent and a SQLite file in the current folder."""
+    return parse_config({"agents": {"default": {"backend": "echo"}}}, base_dir=Path.cwd())
+
+
+def parse_config(
+    raw: Mapping[str, Any], *, base_dir: Path, environ: Mapping[str, str] | None = None
+) -> Config:
+    env = os.environ if environ is None else environ
+    problems: list[str] = []
+    resolved = _resolve(dict(raw), (), env, base_dir, problems)
+    try:
+        config = Config.model_validate(resolved)
+    except ValidationError as exc:
+        for err in exc.errors(include_input=False):
+            line = _describe(err)
+            # A secret whose ${VAR} or _file already failed is not also "missing".
+            if not _reported(problems, line.partition(":")[0]):
+                problems.append(line)
+        raise ConfigError(_unique(problems)) from None
+    problems.extend(_cross_check(config))
+    if problems:
+        raise ConfigError(_unique(problems))
+    return config.model_copy(
+        update={
+            "storage": config.storage.model_copy(
+                update={"url": _resolve_sqlite_path(config.storage.url, base_dir)}
+            )
+        }
+    )
+
+
+def _reported(problems: list[str], where: str) -> bool:
+    return any(p.startswith((f"{where}:", f"{where}_file:")) for p in problems)
+
+
+def _unique(items: list[str]) -> list[str]:
+    return list(dict.fromkeys(items))
+
+
+def _resolve(
+    node: Any, path: tuple[str, ...], env: Mapping[str, str], base: Path, problems: list[str]
+) -> Any:
+    """Expand ``${VAR}`` everywhere and turn ``X_file`` secrets into ``X``."""
+    if isinstance(node, str):
+        def sub(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in env:
+                problems.append(f"{_dotted(path)}: environment variable {name} is not set")
+                return ""
+            return env[name]
+
+        return _ENV_REF.sub(sub, node)
+    if isinstance(node, list):
+        return [_resolve(item, (*path, str(i)), env, base, problems) for i, item in enumerate(node)]
+    if not isinstance(node, dict):
+        return node
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        out[key] = _resolve(value, (*path, key), env, base, problems)
+    for key in list(out):
+        if not key.endswith("_file") or key[: -len("_file")] not in SECRET_KEYS:
+            continue
+        secret = key[: -len("_file")]
+        file_value = out.pop(key)
+        where = _dotted((*path, key))
+        if secret in node:
+            problems.append(f"{where}: set either {secret} or {key}, not both")
+            continue
+        if not isinstance(file_value, str):
+            problems.append(f"{where}: expected a file path (a string)")
+            continue
+        file_path = Path(file_value).expanduser()
+        if not file_path.is_absolute():
+            file_path = base / file_path
+        try:
+            out[secret] = file_path.read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as exc:
+            problems.append(f"{where}: cannot read {str(file_path)!r}: {exc.strerror}")
+    for key in SECRET_KEYS & out.keys():
+        where = _dotted((*path, key))
+        if out[key] == "" and not _reported(problems, where):
+            problems.append(f"{where}: is empty")
+    return out
+
+
+def _dotted(path: tuple[str | int, ...]) -> str:
+    return ".".join(str(p) for p in path) or "(top level)"
+
+
+_TYPE_WORDS = {
+    "string_type": "expected a string",
+    "int_type": "expected an integer",
+    "int_parsing": "expected an integer",
+    "int_from_float": "expected an integer",
+    "float_type": "expected a number",
+    "float_parsing": "expected a number",
+    "bool_type": "expected true or false",
+    "bool_parsing": "expected true or false",
+    "list_type": "expected a list",
+    "dict_type": "expected a table",
+    "model_type": "expected a table",
+    "model_attributes_type": "expected a table",
+}
+
+
+def _describe(err: Mapping[str, Any]) -> str:
+    loc = _clean_loc(tuple(err["loc"]))
+    kind = err["type"]
+    ctx = err.get("ctx") or {}
+    where = _dotted(loc)
+    if kind == "extra_forbidden":
+        noun = "unknown section" if len(loc) == 1 else "unknown key"
+        hint = _did_you_mean(loc)
+        return f"{where}: {noun}{hint}"
+    if kind == "missing":
+        return f"{where}: missing (required)"
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        return f"{where}.backend: expected one of " + ", ".join(f'"{b}"' for b in BACKENDS)
+    if kind == "literal_error":
+        expected = re.findall(r"'([^']*)'", str(ctx.get("expected", "")))
+        return f"{where}: expected one of " + ", ".join(f'"{e}"' for e in expected)
+    if kind in _TYPE_WORDS:
+        return f"{where}: {_TYPE_WORDS[kind]}"
+    if kind == "too_short" and loc and loc[-1] in ("allowed_users", "agents"):
+        if loc[-1] == "agents":
+            return "agents: add at least one [agents.NAME] section"
+        return f'{where}: list at least one user, or ["*"] to let anyone in'
+    message = str(err["msg"])
+    message = message.removeprefix("Value error, ")
+    message = message.replace("Input should be", "expected").replace("String should", "should")
+    return f"{where}: {message[:1].lower()}{message[1:]}"
+
+
+def _clean_loc(loc: tuple[Any, ...]) -> tuple[str, ...]:
+    # pydantic puts the union member's tag in the path (agents.default.thinnest.agent_id)
+    # and "int"/"str" for members of `int | str`; neither is a key the user wrote.
+    out: list[str] = []
+    for i, part in enumerate(loc):
+        if i == 2 and loc[0] == "agents" and part in BACKENDS:
+            continue
+        if part in ("int", "str", "function-after[_users(), list[union[int,str]]]"):
+            continue
+        out.append(str(part))
+    return tuple(out)
+
+
+def _did_you_mean(loc: tuple[str, ...]) -> str:
+    model: Any = Config
+    known: list[str] = []
+    for part in loc[:-1]:
+        if model is Config and part == "agents":
+            model = "agents"
+            continue
+        if model == "agents":
+            model = None  # an agent name: the model depends on its backend
+            continue
+        field = model.model_fields.get(part) if isinstance(model, type) else None
+        model = _model_of(field.annotation) if field is not None else None
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        known = list(model.model_fields)
+    elif model is None and len(loc) == 3 and loc[0] == "agents":
+        known = sorted(
+            {f for m in (ThinnestAgentConfig, PeakaAgentConfig) for f in m.model_fields}
+            | {f"{k}_file" for k in SECRET_KEYS}
+        )
+    if len(loc) >= 2 and loc[-2] in ("agents",):
+        return ""
+    match = difflib.get_close_matches(loc[-1], known, n=1, cutoff=0.6)
+    return f'; did you mean "{match[0]}"?' if match else ""
+
+
+def _model_of(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+    return None
+
+
+def _cross_check(config: Config) -> list[str]:
+    problems: list[str] = []
+    for name in config.agents:
+        if not _NAME.match(name):
+            problems.append(f"agents.{name}: agent names may use letters, digits, - and _")
+    for key, allowed in _MESSAGE_PLACEHOLDERS.items():
+        template = getattr(config.messages, key)
+        for field_name in re.findall(r"\{([^{}]*)\}", template):
+            if field_name not in allowed:
+                names = ", ".join("{" + a + "}" for a in sorted(allowed))
+                problems.append(
+                    f"messages.{key}: unknown placeholder {{{field_name}}} (use {names})"
+                )
+    for key in MessagesConfig.model_fields:
+        if key in _MESSAGE_PLACEHOLDERS:
+            continue
+        template = getattr(config.messages, key)
+        if re.search(r"\{[^{}]*\}", template):
+            problems.append(f"messages.{key}: takes no placeholders (write {{{{ and }}}} for braces)")
+
+    def agent_ref(where: str, name: str) -> None:
+        if name not in config.agents:
+            hint = difflib.get_close_matches(name, list(config.agents), n=1)
+            extra = f'; did you mean "{hint[0]}"?' if hint else ""
+            problems.append(
+                f'{where}: no agent named "{name}" (define [agents.{name}]){extra}'
+            )
+
+    if config.telegram is not None:
+        tg = config.telegram
+        agent_ref("telegram.agent", tg.agent)
+        for chat, name in tg.chat_agents.items():
+            if not re.fullmatch(r"-?\d+", chat):
+                problems.append(f"telegram.chat_agents.{chat}: expected a numeric chat id")
+            agent_ref(f"telegram.chat_agents.{chat}", name)
+        if tg.mode == "webhook":
+            if not tg.webhook_url:
+                problems.append('telegram.webhook_url: required when mode = "webhook"')
+            if tg.webhook_secret is None:
+                problems.append('telegram.webhook_secret: required when mode = "webhook"')
+            elif not re.fullmatch(r"[A-Za-z0-9_-]{1,256}", tg.webhook_secret.get_secret_value()):
+                problems.append(
+                    "telegram.webhook_secret: use 1-256 characters A-Z, a-z, 0-9, _ and -"
+                )
+    if config.slack is not None:
+        sl = config.slack
+        agent_ref("slack.agent", sl.agent)
+        for channel, name in sl.channel_agents.items():
+            agent_ref(f"slack.channel_agents.{channel}", name)
+        if sl.mode == "socket" and sl.app_token is None:
+            problems.append('slack.app_token: required in Socket Mode (or set mode = "http")')
+        if sl.mode == "http" and sl.signing_secret is None:
+            problems.append('slack.signing_secret: required when mode = "http"')
+        if not sl.path.startswith("/"):
+            problems.append('slack.path: expected a path starting with "/"')
+    return problems
+
+
+def _resolve_sqlite_path(url: str, base_dir: Path) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except Exception:
+        return url  # the store reports an unparsable URL with its own message
+    database = parsed.database
+    if not parsed.drivername.startswith("sqlite") or not database or database == ":memory:":
+        return url
+    if database.startswith("file:") or Path(database).is_absolute():
+        return url
+    absolute = (base_dir / database).resolve()
+    return parsed.set(database=str(absolute)).render_as_string(hide_password=False)

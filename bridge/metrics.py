@@ -1,0 +1,75 @@
+"""Prometheus metrics, in a registry of their own (one per `Metrics`), so that
+tests and several bridges in one process do not collide on the global one.
+
+Labels never carry secrets or message text: platform, agent name, error kind.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.received = Counter(
+            "agent_bridge_messages_received",
+            "User messages accepted into the inbox.",
+            ["platform"],
+            registry=r,
+        )
+        self.answered = Counter(
+            "agent_bridge_messages_answered",
+            "Messages answered with the agent's reply.",
+            ["platform"],
+            registry=r,
+        )
+        self.refused = Counter(
+            "agent_bridge_messages_refused",
+            "Messages refused (access control, unsupported content, too long).",
+            ["platform"],
+            registry=r,
+        )
+        self.failed = Counter(
+            "agent_bridge_messages_failed",
+            "Messages answered with a friendly error instead of the agent's reply.",
+            ["platform"],
+            registry=r,
+        )
+        self.agent_latency = Histogram(
+            "agent_bridge_agent_call_seconds",
+            "Duration of one agent call, retries included.",
+            ["agent"],
+            buckets=(0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300),
+            registry=r,
+        )
+        self.agent_errors = Counter(
+            "agent_bridge_agent_errors",
+            "Agent calls that failed, by error kind.",
+            ["agent", "kind"],
+            registry=r,
+        )
+        self.tokens = Counter(
+            "agent_bridge_agent_tokens",
+            "Tokens used, as reported by the agent.",
+            ["agent", "direction"],
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "agent_bridge_queue_depth",
+            "Messages accepted and waiting for their agent call.",
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "agent_bridge_agent_calls_in_flight",
+            "Agent calls under way.",
+            registry=r,
+        )
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every metric."""
+        return generate_latest(self.registry)

@@ -1,0 +1,126 @@
+"""The normalized message model every adapter speaks.
+
+An adapter turns a platform event into an `IncomingMessage`; the store keeps it
+as an `InboxMessage` (with its row id and conversation); the dispatcher hands
+the adapter a `Reply` for it. Platform details that are needed to answer
+(a Telegram message id, a Slack thread ts) travel in ``reply_to`` and ``meta``,
+which the store persists, so that a message resumed after a restart can still
+be answered in the right place.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationKey:
+    """Which chat thread a message belongs to; one agent session per key.
+
+    ``scope`` separates installations: the Slack team id, the Telegram bot id,
+    or ``"console"``. ``thread`` is the Slack thread root ts or the Telegram
+    forum topic id, ``None`` for a chat without threads.
+    """
+
+    platform: str
+    scope: str
+    chat: str
+    thread: str | None = None
+
+    def __str__(self) -> str:
+        base = f"{self.platform}:{self.scope}:{self.chat}"
+        return f"{base}:{self.thread}" if self.thread is not None else base
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingMessage:
+    """A user's message, normalized by an adapter.
+
+    ``event_id`` is unique per platform for one user message, however often
+    the platform delivers it: it is the dedupe key of the inbox.
+    """
+
+    key: ConversationKey
+    event_id: str
+    sender: str
+    text: str
+    agent: str
+    reply_to: str | None = None
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+
+class MessageStatus(enum.StrEnum):
+    PENDING = "pending"  # accepted, committed, not started
+    RUNNING = "running"  # the agent is working on it
+    ANSWERED = "answered"  # the reply is stored, not yet delivered
+    DONE = "done"  # the reply was delivered
+    FAILED = "failed"  # the agent could not answer; the friendly text was delivered
+
+
+@dataclass(frozen=True, slots=True)
+class InboxMessage:
+    """A message as the store holds it."""
+
+    id: int
+    conversation_id: int
+    key: ConversationKey
+    event_id: str
+    sender: str
+    text: str
+    agent: str
+    status: MessageStatus
+    attempts: int = 0
+    reply_to: str | None = None
+    meta: Mapping[str, Any] = field(default_factory=dict)
+    #: The reply stored before delivery (status ANSWERED), so that a restart
+    #: re-delivers it without a second agent call.
+    reply_text: str | None = None
+    error_kind: str | None = None
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Conversation:
+    """A chat thread and the agent session that carries its memory."""
+
+    id: int
+    key: ConversationKey
+    agent: str
+    session_id: str | None
+    #: Bumped by every reset; a turn that started before a reset does not
+    #: write its (old) session id back.
+    epoch: int
+    turns: int
+    input_tokens: int
+    output_tokens: int
+    created_at: datetime
+    last_active_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    total_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class AgentReply:
+    """What an agent backend returns for one turn."""
+
+    text: str
+    session_id: str | None
+    usage: Usage = field(default_factory=Usage)
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """What the dispatcher asks an adapter to post. ``text`` is Markdown."""
+
+    text: str
+    #: Set when the text is a friendly error instead of the agent's answer.
+    error_kind: str | None = None
