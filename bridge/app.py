@@ -1,0 +1,55 @@
+"""The core's lifespan: store, HTTP client, agent backends and dispatcher,
+opened in that order and closed in reverse, by one `AsyncExitStack`.
+
+``agent-bridge chat`` and ``agent-bridge run`` both stand on it; the daemon
+adds the chat adapters on top.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+
+import httpx
+
+from bridge.backends import create_backends, create_http_client
+from bridge.backends.base import AgentBackend
+from bridge.config import Config
+from bridge.dispatcher import Dispatcher
+from bridge.metrics import Metrics
+from storage.store import Store
+
+
+@dataclass(frozen=True, slots=True)
+class Core:
+    config: Config
+    store: Store
+    http: httpx.AsyncClient
+    backends: Mapping[str, AgentBackend]
+    dispatcher: Dispatcher
+    metrics: Metrics
+
+
+@contextlib.asynccontextmanager
+async def open_core(config: Config, *, metrics: Metrics | None = None) -> AsyncIterator[Core]:
+    """Open the store (migrated), the shared HTTP client, the backends and the
+    dispatcher; close them in reverse on exit, also when opening fails halfway."""
+    metrics = metrics if metrics is not None else Metrics()
+    async with contextlib.AsyncExitStack() as stack:
+        store = await stack.enter_async_context(Store(config.storage.url))
+        http = await stack.enter_async_context(create_http_client())
+        backends = create_backends(config.agents, messages=config.messages, client=http)
+        for backend in backends.values():
+            stack.push_async_callback(backend.aclose)
+        dispatcher = await stack.enter_async_context(
+            Dispatcher(
+                store,
+                backends,
+                config.dispatcher,
+                config.messages,
+                metrics=metrics,
+                retention_days=config.storage.retention_days,
+            )
+        )
+        yield Core(config, store, http, backends, dispatcher, metrics)
