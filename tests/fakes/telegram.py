@@ -1,0 +1,639 @@
+"""`FakeTelegram`: a Telegram Bot API server on 127.0.0.1, speaking the real wire format.
+
+Tests point the real python-telegram-bot stack at it through ``telegram.api_url``
+(``FakeTelegram.api_url``), so nothing is mocked below the socket.
+
+Wire format, as the Bot API has it:
+
+- ``POST /bot<token>/<method>``; the body is form-encoded (python-telegram-bot sends every
+  non-string value JSON-encoded: ``chat_id=42&entities=[{...}]``), JSON, or multipart.
+- Answers are ``{"ok": true, "result": ...}`` or ``{"ok": false, "error_code": N,
+  "description": "...", "parameters": {"retry_after": N}}``.
+- A wrong token gets 401 ``Unauthorized``; an unknown method 404 ``Not Found``.
+
+Usage::
+
+    async with FakeTelegram() as tg:
+        config = TelegramConfig(bot_token=tg.token, api_url=tg.api_url, ...)
+        tg.push(private_text(ALICE, "hello"))               # queued for getUpdates
+        [call] = await tg.wait_sent(chat_id=ALICE.id)        # the bot's sendMessage
+        call.params["text"]
+
+Long polling is real: ``getUpdates`` returns as soon as an update is queued (or after its
+``timeout``); an ``offset`` confirms (drops) every update below it, as Telegram does.
+``tg.confirmed`` is the highest offset the bot has confirmed.
+
+Scripting: ``tg.fail_next("sendMessage", FakeError(429, "Too Many Requests: retry after 1",
+retry_after=1))`` makes the next call(s) of a method fail (first in, first out); a
+`FakeError` may carry a ``when`` predicate on the call's params so that only matching
+calls consume it. ``tg.fail_always(...)`` installs an error until `clear_failures()`.
+
+Webhook mode: ``setWebhook`` is recorded (``tg.webhook``); while a webhook is set,
+``getUpdates`` answers 409 as Telegram does. ``await tg.deliver(update)`` POSTs an update
+to the registered webhook with its secret header, as Telegram would, and returns the HTTP
+status the bot answered.
+
+Update builders (module functions) make the JSON Telegram sends: `private_text`,
+`group_text`, `group_mention`, `reply_to_bot`, `topic_message`, `edited_text`,
+`photo_with_caption`, `sticker`, `voice`, `channel_post`, `my_chat_member`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Self
+
+import aiohttp
+from aiohttp import web
+
+FAKE_TOKEN = "123456789:AAfakeTelegramTokenForTests_x1y2z3"
+BOT_ID = 123456789
+BOT_USERNAME = "bridge_test_bot"
+
+#: Parameters that are strings on the wire, never JSON: "123" stays "123".
+_STRING_PARAMS = frozenset(
+    {
+        "text",
+        "caption",
+        "url",
+        "secret_token",
+        "action",
+        "parse_mode",
+        "language_code",
+        "ip_address",
+        "description",
+        "short_description",
+        "name",
+    }
+)
+
+
+@dataclass(frozen=True)
+class User:
+    id: int
+    username: str | None = None
+    first_name: str = "Test"
+    is_bot: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": self.id, "is_bot": self.is_bot, "first_name": self.first_name}
+        if self.username:
+            out["username"] = self.username
+        return out
+
+
+BOT = User(BOT_ID, BOT_USERNAME, "Bridge", is_bot=True)
+ALICE = User(1001, "alice", "Alice")
+BOB = User(1002, "bob", "Bob")
+MALLORY = User(6666, "mallory", "Mallory")
+GROUP_ID = -1001234567890
+FORUM_ID = -1009876543210
+CHANNEL_ID = -1005555555555
+
+
+@dataclass
+class ApiCall:
+    """One request the bot made, and whether it succeeded."""
+
+    method: str
+    params: dict[str, Any]
+    token: str
+    at: float = field(default_factory=time.monotonic)
+    ok: bool = False
+
+
+@dataclass
+class FakeError:
+    """A scripted error answer."""
+
+    error_code: int
+    description: str
+    retry_after: int | None = None
+    #: Only calls whose params match consume this error (None: every call).
+    when: Callable[[dict[str, Any]], bool] | None = None
+
+    def body(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "ok": False,
+            "error_code": self.error_code,
+            "description": self.description,
+        }
+        if self.retry_after is not None:
+            out["parameters"] = {"retry_after": self.retry_after}
+        return out
+
+
+def utf16_len(text: str) -> int:
+    return len(text.encode("utf-16-le", "surrogatepass")) // 2
+
+
+class FakeTelegram:
+    def __init__(
+        self,
+        *,
+        token: str = FAKE_TOKEN,
+        bot: User = BOT,
+        strict_entities: bool = True,
+    ) -> None:
+        self.token = token
+        self.bot = bot
+        #: Reject sendMessage whose entities fall outside the text, or whose
+        #: MarkdownV2/HTML does not parse, with "can't parse entities" as Telegram does.
+        self.strict_entities = strict_entities
+        self.calls: list[ApiCall] = []
+        self.updates: list[dict[str, Any]] = []
+        self.confirmed = 0
+        self.webhook: dict[str, Any] | None = None
+        #: Every update the bot answered on its webhook: (update_id, HTTP status).
+        self.webhook_results: list[tuple[int, int]] = []
+        self.url = ""
+        self._update_ids = itertools.count(1)
+        self._message_ids = itertools.count(1)
+        self._errors: dict[str, list[FakeError]] = {}
+        self._sticky: dict[str, FakeError] = {}
+        self._changed = asyncio.Condition()
+        self._closing = asyncio.Event()
+        self._runner: web.AppRunner | None = None
+        self._client: aiohttp.ClientSession | None = None
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/bot{token}/{method}", self._handle)
+        app.router.add_get("/bot{token}/{method}", self._handle)
+        self._runner = web.AppRunner(app, shutdown_timeout=1.0, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = self._runner.addresses[0][:2]
+        self.url = f"http://{host}:{port}"
+
+    async def close(self) -> None:
+        self._closing.set()
+        async with self._changed:
+            self._changed.notify_all()
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    @property
+    def api_url(self) -> str:
+        """The value for ``telegram.api_url``."""
+        return f"{self.url}/bot"
+
+    # --- control --------------------------------------------------------------------
+
+    def push(self, update: Mapping[str, Any]) -> dict[str, Any]:
+        """Queue an update for getUpdates; returns it with its ``update_id``."""
+        full = {"update_id": next(self._update_ids), **update}
+        self.updates.append(full)
+        self._notify()
+        return full
+
+    def fail_next(self, method: str, *errors: FakeError) -> None:
+        """The next calls of ``method`` fail with these errors, in order."""
+        self._errors.setdefault(method, []).extend(errors)
+
+    def fail_always(self, method: str, error: FakeError) -> None:
+        self._sticky[method] = error
+
+    def clear_failures(self) -> None:
+        self._errors.clear()
+        self._sticky.clear()
+
+    def calls_of(self, method: str) -> list[ApiCall]:
+        return [c for c in self.calls if c.method == method]
+
+    def sent(self, chat_id: int | None = None) -> list[ApiCall]:
+        """Every sendMessage that succeeded (optionally to one chat), in order."""
+        return [
+            c
+            for c in self.calls_of("sendMessage")
+            if c.ok and (chat_id is None or c.params.get("chat_id") == chat_id)
+        ]
+
+    async def wait_for(
+        self,
+        predicate: Callable[[], bool],
+        *,
+        within: float = 5.0,
+    ) -> None:
+        """Wait until ``predicate()`` holds (checked after every request), at most
+        ``within`` seconds (then `TimeoutError`)."""
+        async with asyncio.timeout(within), self._changed:
+            await self._changed.wait_for(predicate)
+
+    async def wait_sent(
+        self, chat_id: int | None = None, *, count: int = 1, within: float = 5.0
+    ) -> list[ApiCall]:
+        """Wait until ``count`` messages were sent (to ``chat_id``); return them all."""
+        await self.wait_for(lambda: len(self.sent(chat_id)) >= count, within=within)
+        return self.sent(chat_id)
+
+    async def wait_calls(
+        self, method: str, *, count: int = 1, within: float = 5.0
+    ) -> list[ApiCall]:
+        await self.wait_for(lambda: len(self.calls_of(method)) >= count, within=within)
+        return self.calls_of(method)
+
+    async def wait_confirmed(self, update_id: int, *, within: float = 5.0) -> None:
+        """Wait until the bot confirmed ``update_id`` (asked for an offset above it)."""
+        await self.wait_for(lambda: self.confirmed > update_id, within=within)
+
+    async def deliver(self, update: Mapping[str, Any], *, secret: str | None = None) -> int:
+        """POST an update to the registered webhook as Telegram does; return the status.
+
+        ``secret`` overrides the header value (``""`` sends no header)."""
+        assert self.webhook is not None, "no webhook set"
+        full = {"update_id": next(self._update_ids), **update}
+        headers = {}
+        token = self.webhook.get("secret_token") if secret is None else secret
+        if token:
+            headers["X-Telegram-Bot-Api-Secret-Token"] = token
+        if self._client is None:
+            self._client = aiohttp.ClientSession()
+        async with self._client.post(self.webhook["url"], json=full, headers=headers) as resp:
+            await resp.read()
+            self.webhook_results.append((full["update_id"], resp.status))
+            return resp.status
+
+    def _notify(self) -> None:
+        async def notify() -> None:
+            async with self._changed:
+                self._changed.notify_all()
+
+        task = asyncio.get_running_loop().create_task(notify())
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+
+    # --- the API --------------------------------------------------------------------
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        token = request.match_info["token"]
+        method = request.match_info["method"]
+        params = await _read_params(request)
+        call = ApiCall(method, params, token)
+        self.calls.append(call)
+        try:
+            if token != self.token:
+                return _error(401, "Unauthorized")
+            scripted = self._scripted_error(method, params)
+            if scripted is not None:
+                return web.json_response(scripted.body(), status=scripted.error_code)
+            handler = getattr(self, f"_api_{method.lower()}", None)
+            if handler is None:
+                return _error(404, "Not Found")
+            result: Any = await handler(params)
+            if isinstance(result, web.Response):
+                return result
+            call.ok = True
+            return web.json_response({"ok": True, "result": result})
+        finally:
+            async with self._changed:
+                self._changed.notify_all()
+
+    def _scripted_error(self, method: str, params: dict[str, Any]) -> FakeError | None:
+        queue = self._errors.get(method, [])
+        for i, err in enumerate(queue):
+            if err.when is None or err.when(params):
+                return queue.pop(i)
+        sticky = self._sticky.get(method)
+        if sticky is not None and (sticky.when is None or sticky.when(params)):
+            return sticky
+        return None
+
+    async def _api_getme(self, params: dict[str, Any]) -> Any:
+        return {
+            **self.bot.to_dict(),
+            "can_join_groups": True,
+            "can_read_all_group_messages": False,
+            "supports_inline_queries": False,
+        }
+
+    async def _api_getupdates(self, params: dict[str, Any]) -> Any:
+        if self.webhook is not None:
+            return _error(
+                409,
+                "Conflict: can't use getUpdates method while webhook is active; "
+                "use deleteWebhook to delete the webhook first",
+            )
+        offset = int(params.get("offset") or 0)
+        if offset:
+            self.confirmed = max(self.confirmed, offset)
+            self.updates = [u for u in self.updates if u["update_id"] >= offset]
+        limit = int(params.get("limit") or 100)
+        timeout = float(params.get("timeout") or 0)
+
+        def ready() -> bool:
+            return bool(self.updates) or self._closing.is_set()
+
+        if not ready() and timeout > 0:
+            async with self._changed:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(timeout):
+                        await self._changed.wait_for(ready)
+        return self.updates[:limit]
+
+    async def _api_deletewebhook(self, params: dict[str, Any]) -> Any:
+        self.webhook = None
+        if params.get("drop_pending_updates"):
+            self.updates.clear()
+        return True
+
+    async def _api_setwebhook(self, params: dict[str, Any]) -> Any:
+        url = params.get("url")
+        if not url:
+            self.webhook = None
+            return True
+        self.webhook = {"url": url, "secret_token": params.get("secret_token")}
+        return True
+
+    async def _api_getwebhookinfo(self, params: dict[str, Any]) -> Any:
+        return {
+            "url": (self.webhook or {}).get("url", ""),
+            "has_custom_certificate": False,
+            "pending_update_count": len(self.updates),
+        }
+
+    async def _api_setmycommands(self, params: dict[str, Any]) -> Any:
+        return True
+
+    async def _api_deletemycommands(self, params: dict[str, Any]) -> Any:
+        return True
+
+    async def _api_sendchataction(self, params: dict[str, Any]) -> Any:
+        return True
+
+    async def _api_sendmessage(self, params: dict[str, Any]) -> Any:
+        text = params.get("text")
+        if not isinstance(text, str) or not text.strip():
+            return _error(400, "Bad Request: message text is empty")
+        if utf16_len(text) > 4096:
+            return _error(400, "Bad Request: message is too long")
+        problem = _entity_problem(text, params) if self.strict_entities else None
+        if problem is not None:
+            return _error(400, f"Bad Request: can't parse entities: {problem}")
+        chat_id = params.get("chat_id")
+        message: dict[str, Any] = {
+            "message_id": next(self._message_ids) + 100000,
+            "date": int(time.time()),
+            "chat": {"id": chat_id, "type": "private" if int(chat_id) > 0 else "supergroup"},
+            "from": self.bot.to_dict(),
+            "text": text,
+        }
+        if params.get("entities"):
+            message["entities"] = params["entities"]
+        if params.get("message_thread_id"):
+            message["message_thread_id"] = params["message_thread_id"]
+            message["is_topic_message"] = True
+        return message
+
+
+_background: set[asyncio.Task[None]] = set()
+
+
+def _error(code: int, description: str) -> web.Response:
+    return web.json_response(
+        {"ok": False, "error_code": code, "description": description}, status=code
+    )
+
+
+async def _read_params(request: web.Request) -> dict[str, Any]:
+    if not request.can_read_body:
+        raw: Mapping[str, Any] = request.query
+    elif request.content_type == "application/json":
+        return dict(await request.json())
+    else:
+        # form-encoded or multipart; python-telegram-bot JSON-encodes non-string values
+        raw = await request.post()
+    params: dict[str, Any] = {}
+    for key, value in raw.items():
+        if not isinstance(value, str):
+            params[key] = value  # an uploaded file
+        elif key in _STRING_PARAMS:
+            params[key] = value
+        else:
+            try:
+                params[key] = json.loads(value)
+            except ValueError:
+                params[key] = value
+    return params
+
+
+_MDV2_RESERVED = set("_*[]()~`>#+-=|{}.!")
+
+
+def _entity_problem(text: str, params: Mapping[str, Any]) -> str | None:
+    """Why Telegram would refuse the formatting, or None. Strict where the real API is."""
+    mode = params.get("parse_mode")
+    if mode == "MarkdownV2":
+        escaped = False
+        for i, ch in enumerate(text):
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch in _MDV2_RESERVED and ch not in "*_`[]()~|":
+                return (
+                    f"Character '{ch}' is reserved and must be escaped with the preceding "
+                    f"'\\' (byte offset {i})"
+                )
+    entities = params.get("entities") or []
+    if not isinstance(entities, list):
+        return "entities must be a list"
+    length = utf16_len(text)
+    for entity in entities:
+        offset, size = entity.get("offset"), entity.get("length")
+        if not isinstance(offset, int) or not isinstance(size, int) or size <= 0 or offset < 0:
+            return f"bad entity {entity!r}"
+        if offset + size > length:
+            return f"entity {entity.get('type')} ends after the text ({offset}+{size} > {length})"
+    return None
+
+
+# --- update builders ----------------------------------------------------------------
+
+_msg_ids = itertools.count(1)
+
+
+def _message(
+    chat: Mapping[str, Any],
+    sender: User | None,
+    *,
+    text: str | None = None,
+    entities: list[dict[str, Any]] | None = None,
+    message_id: int | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    msg: dict[str, Any] = {
+        "message_id": message_id if message_id is not None else next(_msg_ids),
+        "date": int(time.time()),
+        "chat": dict(chat),
+    }
+    if sender is not None:
+        msg["from"] = sender.to_dict()
+    if text is not None:
+        msg["text"] = text
+        if entities is None:
+            entities = _auto_entities(text)
+        if entities:
+            msg["entities"] = entities
+    msg.update(extra)
+    return msg
+
+
+def _auto_entities(text: str) -> list[dict[str, Any]]:
+    """Telegram marks a leading /command and @mentions; do the same."""
+    out: list[dict[str, Any]] = []
+    pos = 0
+    for word in text.split(" "):
+        offset = utf16_len(text[:pos])
+        if word.startswith("/") and pos == 0 and len(word) > 1:
+            out.append({"type": "bot_command", "offset": 0, "length": utf16_len(word)})
+        elif word.startswith("@") and len(word) > 1:
+            clean = word.rstrip(",.:;!?")
+            out.append({"type": "mention", "offset": offset, "length": utf16_len(clean)})
+        pos += len(word) + 1
+    return out
+
+
+def private_chat(user: User) -> dict[str, Any]:
+    return {"id": user.id, "type": "private", "first_name": user.first_name}
+
+
+def group_chat(chat_id: int = GROUP_ID, *, forum: bool = False) -> dict[str, Any]:
+    chat: dict[str, Any] = {"id": chat_id, "type": "supergroup", "title": "Test group"}
+    if forum:
+        chat["is_forum"] = True
+    return chat
+
+
+def private_text(user: User, text: str, **extra: Any) -> dict[str, Any]:
+    return {"message": _message(private_chat(user), user, text=text, **extra)}
+
+
+def group_text(user: User, text: str, *, chat_id: int = GROUP_ID, **extra: Any) -> dict[str, Any]:
+    return {"message": _message(group_chat(chat_id), user, text=text, **extra)}
+
+
+def group_mention(
+    user: User, text: str, *, chat_id: int = GROUP_ID, bot: User = BOT
+) -> dict[str, Any]:
+    """``@bot <text>`` in a group."""
+    return group_text(user, f"@{bot.username} {text}", chat_id=chat_id)
+
+
+def reply_to_bot(
+    user: User, text: str, *, chat_id: int = GROUP_ID, bot: User = BOT
+) -> dict[str, Any]:
+    original = _message(group_chat(chat_id), bot, text="an earlier answer")
+    return group_text(user, text, chat_id=chat_id, reply_to_message=original)
+
+
+def topic_message(
+    user: User,
+    text: str,
+    *,
+    thread_id: int,
+    chat_id: int = FORUM_ID,
+    topic_creator: User | None = None,
+) -> dict[str, Any]:
+    """A message in a forum topic. As Telegram does, it carries the topic's creation
+    message as ``reply_to_message`` (created by ``topic_creator``, the user by default)."""
+    chat = group_chat(chat_id, forum=True)
+    creation = _message(
+        chat,
+        topic_creator or user,
+        message_id=thread_id,
+        message_thread_id=thread_id,
+        is_topic_message=True,
+        forum_topic_created={"name": "Topic", "icon_color": 7322096},
+    )
+    return {
+        "message": _message(
+            chat,
+            user,
+            text=text,
+            message_thread_id=thread_id,
+            is_topic_message=True,
+            reply_to_message=creation,
+        )
+    }
+
+
+def edited_text(user: User, text: str) -> dict[str, Any]:
+    msg = _message(private_chat(user), user, text=text, edit_date=int(time.time()))
+    return {"edited_message": msg}
+
+
+def photo_with_caption(user: User, caption: str | None) -> dict[str, Any]:
+    photo = [{"file_id": "AgAD-photo", "file_unique_id": "u1", "width": 90, "height": 90}]
+    extra: dict[str, Any] = {"photo": photo}
+    if caption is not None:
+        extra["caption"] = caption
+    return {"message": _message(private_chat(user), user, **extra)}
+
+
+def sticker(user: User) -> dict[str, Any]:
+    st = {
+        "file_id": "CAAD-sticker",
+        "file_unique_id": "u2",
+        "type": "regular",
+        "width": 512,
+        "height": 512,
+        "is_animated": False,
+        "is_video": False,
+    }
+    return {"message": _message(private_chat(user), user, sticker=st)}
+
+
+def voice(user: User) -> dict[str, Any]:
+    v = {"file_id": "AwAD-voice", "file_unique_id": "u3", "duration": 3}
+    return {"message": _message(private_chat(user), user, voice=v)}
+
+
+def channel_post(text: str, *, chat_id: int = CHANNEL_ID) -> dict[str, Any]:
+    chat = {"id": chat_id, "type": "channel", "title": "Test channel"}
+    return {"channel_post": _message(chat, None, text=text)}
+
+
+def my_chat_member(
+    by: User, *, chat_id: int = GROUP_ID, old: str = "left", new: str = "member", bot: User = BOT
+) -> dict[str, Any]:
+    return {
+        "my_chat_member": {
+            "chat": group_chat(chat_id),
+            "from": by.to_dict(),
+            "date": int(time.time()),
+            "old_chat_member": {"status": old, "user": bot.to_dict()},
+            "new_chat_member": {"status": new, "user": bot.to_dict()},
+        }
+    }
+
+
+def new_members(by: User, *, chat_id: int = GROUP_ID) -> dict[str, Any]:
+    """A service message: someone joined."""
+    return {"message": _message(group_chat(chat_id), by, new_chat_members=[BOB.to_dict()])}
