@@ -1,0 +1,61 @@
+"""Agent backends: one `AgentBackend` per ``[agents.NAME]`` of the config.
+
+Example::
+
+    async with create_http_client() as client:
+        backends = create_backends(config.agents, messages=config.messages, client=client)
+        reply = await backends["default"].chat("hello", session_id=None)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import httpx
+
+from bridge.backends.base import AgentBackend, AgentRequest, HttpAgentBackend, create_http_client
+from bridge.backends.echo import EchoBackend
+from bridge.backends.peaka import PeakaBackend
+from bridge.backends.thinnest import ThinnestBackend
+from bridge.config import (
+    AgentConfig,
+    EchoAgentConfig,
+    MessagesConfig,
+    PeakaAgentConfig,
+    ThinnestAgentConfig,
+)
+
+__all__ = [
+    "AgentBackend",
+    "AgentRequest",
+    "EchoBackend",
+    "HttpAgentBackend",
+    "PeakaBackend",
+    "ThinnestBackend",
+    "create_backend",
+    "create_backends",
+    "create_http_client",
+]
+
+
+def create_backend(
+    name: str, config: AgentConfig, *, messages: MessagesConfig, client: httpx.AsyncClient
+) -> AgentBackend:
+    """The backend for one ``[agents.NAME]`` section."""
+    if isinstance(config, ThinnestAgentConfig):
+        return ThinnestBackend(name, config, messages=messages, client=client)
+    if isinstance(config, PeakaAgentConfig):
+        return PeakaBackend(name, config, messages=messages, client=client)
+    if isinstance(config, EchoAgentConfig):
+        return EchoBackend(name)
+    raise TypeError(f"agents.{name}: no backend for {type(config).__name__}")
+
+
+def create_backends(
+    agents: Mapping[str, AgentConfig], *, messages: MessagesConfig, client: httpx.AsyncClient
+) -> dict[str, AgentBackend]:
+    """One backend per configured agent, all on the one shared ``client``."""
+    return {
+        name: create_backend(name, config, messages=messages, client=client)
+        for name, config in agents.items()
+    }

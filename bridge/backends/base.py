@@ -1,0 +1,496 @@
+"""`AgentBackend`: the one base class every agent API implements.
+
+`HttpAgentBackend` does the shared work once, as python-telegram-bot's
+``BaseRequest.post()`` does: the HTTP call on the shared client, timing,
+logging, retries and the mapping of statuses and transport errors to the
+`AgentError` tree. A backend fills in two steps: `build_request()` (what to
+send) and `parse_reply()` (how to read a 2xx body).
+
+What each failure becomes (the user's text comes from ``[messages]``):
+
+======================================  ==================  ============================
+agent answer                            retried?            error
+======================================  ==================  ============================
+402                                     no                  `AgentInsufficientBalance`
+429                                     after the server's  `AgentRateLimited`
+                                        delay, or backoff
+401 / 403                               no (ERROR log)      `AgentUnauthorized`
+404                                     no                  `AgentNotFound`
+404 / 410 / 400 about the session       no                  `AgentSessionExpired`
+5xx (not 504), connection refused, DNS  yes, 3 attempts     `AgentUnavailable`
+read/write/pool timeout, 504            no (may have run)   `AgentTimeout`
+unreadable body, no reply text          no (WARNING log)    `AgentBadReply`
+======================================  ==================  ============================
+
+All waits between attempts of one call add up to at most the agent's
+``max_retry_wait``: when the next wait would go beyond it, the call gives up
+at once.
+
+Example::
+
+    class MyBackend(HttpAgentBackend):
+        def build_request(self, message, session_id):
+            return AgentRequest(f"{self.base_url}/chat", {"q": message})
+
+        def parse_reply(self, data, sent_session_id):
+            return AgentReply(text=require_text(data.get("a")), session_id=sent_session_id)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import math
+import random
+import re
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC
+from typing import Any, NoReturn
+
+import httpx
+from pydantic import SecretStr
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
+
+from bridge import __version__
+from bridge.config import MessagesConfig
+from bridge.errors import (
+    AgentBadReply,
+    AgentError,
+    AgentInsufficientBalance,
+    AgentNotFound,
+    AgentRateLimited,
+    AgentSessionExpired,
+    AgentTimeout,
+    AgentUnauthorized,
+    AgentUnavailable,
+)
+from bridge.model import AgentReply
+
+log = logging.getLogger("bridge.backends")
+
+Sleep = Callable[[float], Awaitable[None]]
+
+#: Attempts of one call when the agent is unavailable (5xx, refused, DNS).
+UNAVAILABLE_ATTEMPTS = 3
+#: Attempts of one call when the agent keeps answering 429 (the wait budget
+#: usually ends it first; this stops a loop on ``Retry-After: 0``).
+RATE_LIMITED_ATTEMPTS = 6
+#: Exponential backoff: BACKOFF_BASE * 2**(attempt-1), capped, with jitter.
+BACKOFF_BASE = 1.0
+BACKOFF_CAP = 30.0
+#: Characters of an unreadable body quoted in the log.
+EXCERPT_CHARS = 200
+#: The connect timeout, when the agent's `timeout` is longer.
+CONNECT_TIMEOUT = 10.0
+
+
+def create_http_client(*, max_connections: int = 100) -> httpx.AsyncClient:
+    """The one `httpx.AsyncClient` of the process, shared by every backend.
+
+    Timeouts are set per request from each agent's ``timeout``; the client's
+    own default only covers calls that forget to. Redirects are not followed:
+    an agent API that redirects a POST is misconfigured, and following it
+    would resend the key to another host.
+    """
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(60.0, connect=CONNECT_TIMEOUT),
+        limits=httpx.Limits(
+            max_connections=max_connections,
+            max_keepalive_connections=min(20, max_connections),
+            keepalive_expiry=30.0,
+        ),
+        headers={"User-Agent": f"agent-bridge/{__version__}"},
+        follow_redirects=False,
+    )
+
+
+class AgentBackend(ABC):
+    """One configured agent (``[agents.NAME]``).
+
+    ``chat()`` sends one user message and returns the agent's reply, or raises
+    an `AgentError` whose ``user_message`` is ready to show. ``session_id``
+    is the agent session (thinnest) or thread (Peaka) that carries the
+    conversation's memory; ``None`` starts a new one where the API allows it.
+
+    Example::
+
+        reply = await backend.chat("hello", session_id=backend.new_session_id())
+        reply = await backend.chat("and then?", session_id=reply.session_id)
+    """
+
+    #: The config name, e.g. ``"default"``.
+    name: str
+
+    @abstractmethod
+    async def chat(self, message: str, session_id: str | None) -> AgentReply:
+        """One turn; raises `AgentError` subclasses."""
+
+    def new_session_id(self) -> str | None:
+        """The session id to send for a new conversation; ``None`` lets the API make one."""
+        return None
+
+    @abstractmethod
+    async def probe(self) -> str:
+        """Check the agent is reachable and the key accepted, without spending a turn.
+
+        Returns a short description; raises `AgentError` subclasses."""
+
+    async def aclose(self) -> None:  # noqa: B027 - a no-op by default, on purpose
+        """Release resources the backend owns (HTTP backends share the client: nothing)."""
+
+
+@dataclass(frozen=True, slots=True)
+class AgentRequest:
+    """What a backend asks the base class to send."""
+
+    url: str
+    json: Mapping[str, Any] | None = None
+    method: str = "POST"
+
+
+class ReplyFormatError(ValueError):
+    """Raised by `parse_reply()` when a 2xx body holds no usable reply."""
+
+
+def require_text(value: object, what: str = "reply text") -> str:
+    """``value`` if it is a non-blank string, else `ReplyFormatError`."""
+    if isinstance(value, str) and value.strip():
+        return value
+    raise ReplyFormatError(f"no {what} in the body")
+
+
+class _Retry(Exception):
+    """An attempt failed in a way that may be retried. ``delay`` is the wait the
+    server asked for (None: use backoff)."""
+
+    def __init__(self, error: AgentError, delay: float | None) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.delay = delay
+
+
+# Words that say a 404/400/410 is about the session or thread, not the agent.
+_SESSION_WORDS = re.compile(r"\b(session|thread)", re.IGNORECASE)
+_EXPIRED_WORDS = re.compile(
+    r"not found|expired|unknown|invalid|does not exist|doesn't exist|no such", re.IGNORECASE
+)
+_AGENT_WORDS = re.compile(r"\b(agent|project)", re.IGNORECASE)
+
+
+class HttpAgentBackend(AgentBackend):
+    """An agent reached over HTTP with a Bearer key, on the shared client.
+
+    Subclasses implement `build_request()`, `parse_reply()` and `probe_request()`,
+    and may override `describe_probe()`. ``sleep`` is injectable so tests need
+    not wait for real backoff.
+    """
+
+    #: The backend's name in logs and `probe()` text, e.g. "thinnest".
+    kind: str = "http"
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        api_key: SecretStr,
+        timeout: float,
+        max_retry_wait: float,
+        messages: MessagesConfig,
+        client: httpx.AsyncClient,
+        sleep: Sleep = asyncio.sleep,
+        backoff_base: float = BACKOFF_BASE,
+    ) -> None:
+        self.name = name
+        self._api_key = api_key
+        self.timeout = timeout
+        self.max_retry_wait = max_retry_wait
+        self.messages = messages
+        self._client = client
+        self._sleep = sleep
+        self._backoff_base = backoff_base
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"
+
+    # --- the steps a backend fills in ---------------------------------------------------
+
+    @abstractmethod
+    def build_request(self, message: str, session_id: str | None) -> AgentRequest:
+        """The chat request for one turn (the key is added by the base class)."""
+
+    @abstractmethod
+    def parse_reply(self, data: Any, sent_session_id: str | None) -> AgentReply:
+        """Read a 2xx JSON body; raise `ReplyFormatError` when it holds no reply."""
+
+    @abstractmethod
+    def probe_request(self) -> AgentRequest:
+        """A cheap authenticated GET that spends no turn."""
+
+    def describe_probe(self, response: httpx.Response) -> str:
+        """The text `probe()` returns for a 2xx answer."""
+        return f"{self.kind} agent reachable, key accepted"
+
+    # --- chat ---------------------------------------------------------------------------
+
+    async def chat(self, message: str, session_id: str | None) -> AgentReply:
+        request = self.build_request(message, session_id)
+        log.debug("agent %s: sending %r (session %s)", self.name, message, session_id)
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(_Retry),
+            wait=self._wait,
+            stop=self._stop,
+            sleep=self._sleep,
+            before_sleep=self._log_retry,
+            retry_error_callback=self._give_up,
+        )
+        # Each attempt logs its status and duration at INFO; the error itself is logged
+        # where it is handled (the dispatcher), plus ERROR for a refused key and
+        # WARNING for an unreadable body here, where the details are known.
+        async for attempt in retrying:
+            with attempt:
+                reply = await self._attempt(request, session_id, attempt.retry_state.attempt_number)
+        log.debug("agent %s: reply %r (session %s)", self.name, reply.text, reply.session_id)
+        return reply
+
+    async def _attempt(
+        self, request: AgentRequest, sent_session_id: str | None, attempt: int
+    ) -> AgentReply:
+        started = time.monotonic()
+        try:
+            response = await self._send(request, self.timeout)
+        except httpx.HTTPError as exc:
+            self._log_attempt(attempt, type(exc).__name__, started)
+            raise self._transport_error(exc) from exc
+        self._log_attempt(attempt, str(response.status_code), started)
+        if not response.is_success:
+            raise self._status_error(response, sent_session_id)
+        try:
+            data = response.json()
+        except ValueError as exc:
+            raise self._bad_reply(response, "the body is not JSON") from exc
+        try:
+            return self.parse_reply(data, sent_session_id)
+        except (ReplyFormatError, KeyError, TypeError, AttributeError) as exc:
+            raise self._bad_reply(response, str(exc) or type(exc).__name__) from exc
+
+    async def _send(self, request: AgentRequest, seconds: float) -> httpx.Response:
+        headers = {
+            "Authorization": f"Bearer {self._api_key.get_secret_value()}",
+            "Accept": "application/json",
+        }
+        try:
+            return await self._client.request(
+                request.method,
+                request.url,
+                json=request.json,
+                headers=headers,
+                timeout=httpx.Timeout(seconds, connect=min(seconds, CONNECT_TIMEOUT)),
+            )
+        except httpx.InvalidURL as exc:
+            # Not an httpx.HTTPError; a wrong base_url in the config.
+            raise httpx.UnsupportedProtocol(f"invalid URL: {exc}") from exc
+
+    def _log_attempt(self, attempt: int, outcome: str, started: float) -> None:
+        log.info(
+            "agent %s: %s in %.2fs (attempt %d)",
+            self.name,
+            outcome,
+            time.monotonic() - started,
+            attempt,
+        )
+
+    # --- retry policy (tenacity hooks) ---------------------------------------------------
+
+    def _wait(self, state: RetryCallState) -> float:
+        failure = _failure(state)
+        if failure.delay is not None:
+            return failure.delay
+        ceiling = min(BACKOFF_CAP, self._backoff_base * 2.0 ** (state.attempt_number - 1))
+        # "Equal jitter": half fixed, half random, so clients spread out but still back off.
+        return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+    def _stop(self, state: RetryCallState) -> bool:
+        failure = _failure(state)
+        limit = (
+            RATE_LIMITED_ATTEMPTS
+            if isinstance(failure.error, AgentRateLimited)
+            else UNAVAILABLE_ATTEMPTS
+        )
+        if state.attempt_number >= limit:
+            return True
+        return state.idle_for + state.upcoming_sleep > self.max_retry_wait
+
+    def _log_retry(self, state: RetryCallState) -> None:
+        failure = _failure(state)
+        log.info(
+            "agent %s: %s, retrying in %.1fs (attempt %d)",
+            self.name,
+            failure.error.detail,
+            state.upcoming_sleep,
+            state.attempt_number,
+        )
+
+    def _give_up(self, state: RetryCallState) -> NoReturn:
+        failure = _failure(state)
+        error = failure.error
+        if isinstance(error, AgentRateLimited) and failure.delay is None:
+            # The server named no delay: tell the user the wait we would have made.
+            error = self._rate_limited(error.detail, state.upcoming_sleep)
+        raise error from failure.__cause__
+
+    # --- error mapping ----------------------------------------------------------------------
+
+    def _error(self, cls: type[AgentError], detail: str) -> AgentError:
+        return cls(detail, user_message=self.messages.render(cls.kind), agent=self.name)
+
+    def _rate_limited(self, detail: str, delay: float) -> AgentRateLimited:
+        seconds = max(1, math.ceil(delay))
+        return AgentRateLimited(
+            detail,
+            user_message=self.messages.render("rate_limited", retry_after=seconds),
+            agent=self.name,
+            retry_after=seconds,
+        )
+
+    def _transport_error(self, exc: httpx.HTTPError) -> Exception:
+        reason = type(exc).__name__
+        if isinstance(exc, httpx.ConnectTimeout | httpx.ConnectError):
+            # Nothing reached the agent: safe to try again.
+            return _Retry(self._error(AgentUnavailable, f"cannot connect ({reason})"), None)
+        if isinstance(exc, httpx.TimeoutException):
+            # Read, write or pool timeout: the agent may already have run (and billed)
+            # the turn, and neither API has an idempotency key. No blind retry.
+            return self._error(AgentTimeout, f"no answer within {self.timeout:g}s ({reason})")
+        # The connection broke after the request went out (reset, protocol error): the
+        # turn may have run, so this is not retried either.
+        return self._error(AgentUnavailable, f"connection failed ({reason})")
+
+    def _status_error(self, response: httpx.Response, sent_session_id: str | None) -> Exception:
+        status = response.status_code
+        detail = f"HTTP {status}: {_excerpt(response)}"
+        if status == 402:
+            return self._error(AgentInsufficientBalance, detail)
+        if status == 429:
+            delay = retry_delay(response.headers)
+            error = self._rate_limited(detail, delay if delay is not None else 1.0)
+            return _Retry(error, delay)
+        if status in (401, 403):
+            log.error(
+                "agent %s: the API refused the key (HTTP %d); check agents.%s.api_key "
+                "and that it belongs to this agent",
+                self.name,
+                status,
+                self.name,
+            )
+            return self._error(AgentUnauthorized, detail)
+        gone = status in (400, 404, 410) and sent_session_id is not None
+        if gone and self._session_gone(status, response):
+            return self._error(AgentSessionExpired, f"session {sent_session_id}: {detail}")
+        if status == 404:
+            return self._error(AgentNotFound, detail)
+        if status == 504:
+            # The gateway gave up waiting; the agent may still be running the turn.
+            return self._error(AgentTimeout, detail)
+        if status >= 500:
+            return _Retry(self._error(AgentUnavailable, detail), None)
+        # Another 4xx (or a redirect): our request is wrong for this API. Retrying
+        # would not help; the body excerpt in the log says why.
+        return self._error(AgentUnavailable, detail)
+
+    def _session_gone(self, status: int, response: httpx.Response) -> bool:
+        text = response.text
+        about_session = bool(_SESSION_WORDS.search(text))
+        if status == 400:
+            return about_session and bool(_EXPIRED_WORDS.search(text))
+        if status == 410 or about_session:
+            return True
+        # A bare 404 while a session was sent: unless the body blames the agent, assume
+        # the session. Mistaking a missing agent for an expired session costs one extra
+        # call (the fresh retry then gets AgentNotFound); the reverse would break the
+        # conversation for good.
+        return not _AGENT_WORDS.search(text)
+
+    def _bad_reply(self, response: httpx.Response, reason: str) -> AgentError:
+        log.warning(
+            "agent %s: unreadable reply (HTTP %d, %s): %s",
+            self.name,
+            response.status_code,
+            reason,
+            _excerpt(response),
+        )
+        return self._error(AgentBadReply, f"unreadable reply: {reason}")
+
+    # --- probe ------------------------------------------------------------------------------
+
+    async def probe(self) -> str:
+        request = self.probe_request()
+        started = time.monotonic()
+        try:
+            response = await self._send(request, min(self.timeout, 15.0))
+        except httpx.HTTPError as exc:
+            error = self._transport_error(exc)
+            raise (error.error if isinstance(error, _Retry) else error) from exc
+        self._log_attempt(1, f"probe {response.status_code}", started)
+        status = response.status_code
+        if response.is_success:
+            return self.describe_probe(response)
+        if status in (401, 403, 404) or status >= 500:
+            error = self._status_error(response, None)
+            raise error.error if isinstance(error, _Retry) else error
+        return f"{self.kind} API reachable; key not verified (probe answered HTTP {status})"
+
+
+def _failure(state: RetryCallState) -> _Retry:
+    assert state.outcome is not None
+    exc = state.outcome.exception()
+    assert isinstance(exc, _Retry)
+    return exc
+
+
+def _excerpt(response: httpx.Response) -> str:
+    try:
+        text = response.text
+    except Exception:  # an undecodable body
+        return "<undecodable body>"
+    text = " ".join(text.split())
+    if not text:
+        return "<empty body>"
+    return text if len(text) <= EXCERPT_CHARS else text[:EXCERPT_CHARS] + "..."
+
+
+def retry_delay(headers: Mapping[str, str], *, now: float | None = None) -> float | None:
+    """Seconds the server asks us to wait, from ``Retry-After`` (seconds or an HTTP
+    date) or ``X-RateLimit-Reset`` (Unix time; thinnest.ai sends this one). None
+    when neither is there or readable."""
+    now = time.time() if now is None else now
+    retry_after = headers.get("Retry-After")
+    if retry_after:
+        value = retry_after.strip()
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            pass
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            when = None
+        if when is not None:
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=UTC)
+            return max(0.0, when.timestamp() - now)
+    reset = headers.get("X-RateLimit-Reset")
+    if reset:
+        try:
+            value_f = float(reset.strip())
+        except ValueError:
+            return None
+        # Documented as a Unix timestamp; some APIs send seconds-until-reset instead.
+        # No Unix time of this century is below 10^9.
+        if value_f < 1e9:
+            return max(0.0, value_f)
+        return max(0.0, value_f - now)
+    return None
