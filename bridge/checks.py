@@ -1,0 +1,157 @@
+"""Live checks for ``agent-bridge check``: is every credential accepted, is
+every service reachable, without sending a message or spending an agent turn.
+
+- storage: the database answers (``Store.ping``);
+- agents.NAME: the backend's ``probe()`` (URL reachable, key accepted where the
+  API allows that without a turn);
+- telegram: ``getMe`` with the bot token;
+- slack: ``auth.test`` with the bot token, and in Socket Mode
+  ``apps.connections.open`` with the app token (it only hands out a WebSocket
+  URL, which we do not open, so it costs nothing).
+
+The platform calls are plain HTTPS requests against the configured ``api_url``
+(the same base the adapters use), so the core imports no platform SDK.
+Reasons never contain a secret: the Bot API puts the token in the URL, so
+every detail goes through `bridge.logs.redact` as a safety net.
+
+Example::
+
+    for result in await live_checks(config):
+        print("✓" if result.ok else "✗", result.item, result.detail)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from bridge.config import Config, SlackConfig, TelegramConfig
+from bridge.errors import BridgeError
+from bridge.logs import redact
+
+#: Seconds for one platform call.
+CHECK_TIMEOUT = 15.0
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    item: str
+    ok: bool
+    detail: str
+
+
+async def live_checks(config: Config) -> list[CheckResult]:
+    """Every check, run concurrently, reported in a stable order."""
+    from bridge.backends import create_backends, create_http_client
+
+    async with create_http_client() as client:
+        jobs: list[Awaitable[list[CheckResult]]] = [_check_storage(config)]
+        backends = create_backends(config.agents, messages=config.messages, client=client)
+        try:
+            for name, backend in backends.items():
+                jobs.append(_guard(f"agents.{name}", backend.probe))
+            if config.telegram is not None:
+                jobs.append(_check_telegram(config.telegram, client))
+            if config.slack is not None:
+                jobs.append(_check_slack(config.slack, client))
+            groups = await asyncio.gather(*jobs)
+        finally:
+            for backend in backends.values():
+                await backend.aclose()
+    return [result for group in groups for result in group]
+
+
+async def _guard(item: str, probe: Callable[[], Awaitable[str]]) -> list[CheckResult]:
+    try:
+        detail = await probe()
+    except BridgeError as exc:
+        return [CheckResult(item, False, redact(str(exc)))]
+    return [CheckResult(item, True, redact(detail))]
+
+
+async def _check_storage(config: Config) -> list[CheckResult]:
+    from storage.store import Store
+
+    item = "storage"
+    store = Store(config.storage.url)
+    try:
+        await store.open(migrate=False)
+        await store.ping()
+    except BridgeError as exc:
+        return [CheckResult(item, False, redact(str(exc)))]
+    finally:
+        await store.close()
+    return [CheckResult(item, True, f"{config.storage.display_url} reachable")]
+
+
+async def _check_telegram(config: TelegramConfig, client: httpx.AsyncClient) -> list[CheckResult]:
+    token = config.bot_token.get_secret_value()
+    body = await _post(client, f"{config.api_url}{token}/getMe", data={})
+    if isinstance(body, str):
+        return [CheckResult("telegram", False, body)]
+    if body.get("ok") is True and isinstance(body.get("result"), dict):
+        me = body["result"]
+        who = f"@{me['username']}" if me.get("username") else str(me.get("first_name", "bot"))
+        return [CheckResult("telegram", True, f"bot {who} (id {me.get('id')})")]
+    reason = str(body.get("description") or f"error {body.get('error_code', '?')}")
+    hint = ": check telegram.bot_token" if body.get("error_code") in (401, 404) else ""
+    return [CheckResult("telegram", False, redact(reason + hint))]
+
+
+async def _check_slack(config: SlackConfig, client: httpx.AsyncClient) -> list[CheckResult]:
+    results: list[CheckResult] = []
+    base = config.api_url if config.api_url.endswith("/") else config.api_url + "/"
+    bot = await _post(
+        client, f"{base}auth.test", token=config.bot_token.get_secret_value(), data={}
+    )
+    if isinstance(bot, str):
+        results.append(CheckResult("slack", False, bot))
+    elif bot.get("ok") is True:
+        who = f"bot {bot.get('user', '?')} in workspace {bot.get('team', '?')}"
+        results.append(CheckResult("slack", True, f"{who} ({bot.get('team_id', '?')})"))
+    else:
+        error = str(bot.get("error", "unknown error"))
+        results.append(CheckResult("slack", False, f"{error}: check slack.bot_token"))
+    if config.mode == "socket" and config.app_token is not None:
+        app = await _post(
+            client,
+            f"{base}apps.connections.open",
+            token=config.app_token.get_secret_value(),
+            data={},
+        )
+        if isinstance(app, str):
+            results.append(CheckResult("slack app token", False, app))
+        elif app.get("ok") is True:
+            results.append(CheckResult("slack app token", True, "Socket Mode connection allowed"))
+        else:
+            error = str(app.get("error", "unknown error"))
+            results.append(CheckResult("slack app token", False, f"{error}: check slack.app_token"))
+    return results
+
+
+async def _post(
+    client: httpx.AsyncClient,
+    url: str,
+    *,
+    data: dict[str, str],
+    token: str | None = None,
+) -> dict[str, Any] | str:
+    """POST a form; the JSON body, or a one-line reason (never with the URL)."""
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    try:
+        response = await client.post(url, data=data, headers=headers, timeout=CHECK_TIMEOUT)
+    except httpx.TimeoutException:
+        return f"no answer within {CHECK_TIMEOUT:g} s"
+    except httpx.HTTPError as exc:
+        return redact(f"cannot connect: {type(exc).__name__}: {exc}".rstrip(": "))
+    try:
+        body = response.json()
+    except ValueError:
+        return f"unreadable answer (HTTP {response.status_code})"
+    if not isinstance(body, dict):
+        return f"unreadable answer (HTTP {response.status_code})"
+    return body

@@ -1,0 +1,157 @@
+"""The daemon's small HTTP server: ``/healthz`` and ``/metrics``.
+
+Off unless ``[daemon] http_listen = "host:port"`` is set. Bind it to
+127.0.0.1 (or a private interface): it needs no authentication because it
+reveals no message, no secret, only states and counters.
+
+``/healthz``: 200 when every adapter is connected and the database answers,
+503 otherwise, with a small JSON body naming what is wrong::
+
+    {"status": "ok", "adapters": {"telegram": "connected"}, "database": "ok",
+     "queue_depth": 0, "in_flight": 0, "problems": []}
+
+``/metrics``: the Prometheus text exposition of `bridge.metrics.Metrics`; the
+queue-depth and in-flight gauges are read from the dispatcher at scrape time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any, Protocol, Self
+
+from aiohttp import web
+
+from bridge.config import split_listen
+from bridge.errors import BridgeError
+from bridge.metrics import CONTENT_TYPE, Metrics
+
+log = logging.getLogger("bridge.health")
+
+#: How long /healthz waits for the database before calling it unreachable.
+PING_TIMEOUT = 3.0
+
+
+class HealthServerError(BridgeError):
+    """The health server could not listen (address in use, bad interface)."""
+
+
+class _Store(Protocol):
+    async def ping(self) -> None: ...
+
+
+class _Adapter(Protocol):
+    @property
+    def platform(self) -> str: ...
+
+    @property
+    def state(self) -> object: ...
+
+    @property
+    def healthy(self) -> bool: ...
+
+
+class _Dispatcher(Protocol):
+    @property
+    def queue_depth(self) -> int: ...
+
+    @property
+    def in_flight(self) -> int: ...
+
+
+class HealthServer:
+    """``async with HealthServer(...)`` listens; leaving the block stops it."""
+
+    def __init__(
+        self,
+        listen: str,
+        *,
+        store: _Store,
+        dispatcher: _Dispatcher,
+        adapters: Sequence[_Adapter],
+        metrics: Metrics,
+    ) -> None:
+        self.host, self.port = split_listen(listen)
+        self.store = store
+        self.dispatcher = dispatcher
+        self.adapters = list(adapters)
+        self.metrics = metrics
+        #: Set by the daemon when it starts shutting down: /healthz then says 503
+        #: so that a balancer or a probe stops counting on this instance.
+        self.stopping = False
+        self._runner: web.AppRunner | None = None
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/metrics", self._metrics)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, self.host, self.port)
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            reason = exc.strerror or str(exc)
+            raise HealthServerError(
+                f"daemon.http_listen: cannot listen on {self.host}:{self.port}: {reason}"
+            ) from exc
+        self._runner = runner
+        log.info("serving /healthz and /metrics on http://%s:%d", self.host, self.port)
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+
+    async def health(self) -> tuple[bool, dict[str, Any]]:
+        """The health report: (all well, JSON body)."""
+        problems: list[str] = []
+        adapters: dict[str, str] = {}
+        for adapter in self.adapters:
+            adapters[adapter.platform] = str(adapter.state)
+            if not adapter.healthy:
+                problems.append(f"{adapter.platform}: {adapter.state}")
+        try:
+            await asyncio.wait_for(self.store.ping(), PING_TIMEOUT)
+            database = "ok"
+        except TimeoutError:
+            database = f"unreachable: no answer within {PING_TIMEOUT:g} s"
+        except BridgeError as exc:
+            database = f"unreachable: {exc}"
+        if database != "ok":
+            problems.append(f"database: {database}")
+        if self.stopping:
+            problems.append("stopping")
+        body: dict[str, Any] = {
+            "status": "ok" if not problems else "unhealthy",
+            "adapters": adapters,
+            "database": database,
+            "queue_depth": self.dispatcher.queue_depth,
+            "in_flight": self.dispatcher.in_flight,
+            "problems": problems,
+        }
+        return not problems, body
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        ok, body = await self.health()
+        return web.json_response(body, status=200 if ok else 503)
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        self.metrics.queue_depth.set(self.dispatcher.queue_depth)
+        self.metrics.in_flight.set(self.dispatcher.in_flight)
+        return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
