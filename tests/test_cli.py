@@ -1,0 +1,153 @@
+"""`agent-bridge` as a person runs it: a subprocess with real stdin and stdout."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+from bridge import __version__
+from tests.fakes.agents import FakeAgentServer, FakeResponse, peaka_config_toml, thinnest_config_toml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def run_cli(
+    *args: str, stdin: str = "", cwd: Path, env: dict[str, str] | None = None, timeout: float = 30
+) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bridge", *args,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        cwd=cwd, env=_env(env),
+    )
+    out, err = await asyncio.wait_for(proc.communicate(stdin.encode()), timeout)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+def _env(extra: dict[str, str] | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_BRIDGE")}
+    env["PYTHONPATH"] = str(ROOT)
+    env.update(extra or {})
+    return env
+
+
+def write_config(tmp_path: Path, agents_section: str) -> Path:
+    path = tmp_path / "agent-bridge.toml"
+    path.write_text(f'[storage]\nurl = "sqlite+aiosqlite:///bridge.db"\n\n{agents_section}')
+    return path
+
+
+async def test_chat_without_config_uses_the_echo_agent(tmp_path: Path) -> None:
+    code, out, err = await run_cli("chat", stdin="hello there\n", cwd=tmp_path)
+    assert code == 0, err
+    assert "default> hello there" in out
+    assert "echo agent" in err and "config.example.toml" in err
+    assert (tmp_path / "agent-bridge.db").exists()
+
+
+async def test_chat_keeps_the_thinnest_session_and_reset_starts_over(tmp_path: Path) -> None:
+    async with FakeAgentServer() as agents:
+        config = write_config(tmp_path, thinnest_config_toml(agents.url))
+        code, out, err = await run_cli(
+            "chat", "--config", str(config), stdin="one\ntwo\n/reset\nthree\n/quit\nnever sent\n",
+            cwd=tmp_path,
+        )
+        assert code == 0, err
+        for word in ("one", "two", "three"):
+            assert f"default> echo: {word}" in out
+        assert "started a new conversation" in out
+        sent = [c.json for c in agents.chat_calls]
+        assert [s["message"] for s in sent] == ["one", "two", "three"]
+        assert "session_id" not in sent[0]
+        assert sent[1]["session_id"] == "sess-1"
+        assert "session_id" not in sent[2]
+
+
+async def test_chat_with_peaka_reuses_the_thread(tmp_path: Path) -> None:
+    async with FakeAgentServer() as agents:
+        config = write_config(tmp_path, peaka_config_toml(agents.url))
+        code, out, err = await run_cli("chat", "--config", str(config), stdin="a\nb\n", cwd=tmp_path)
+        assert code == 0, err
+        threads = {c.json["threadId"] for c in agents.chat_calls}
+        assert len(threads) == 1 and "default> echo: b" in out
+
+
+async def test_chat_shows_the_friendly_text_on_agent_errors(tmp_path: Path) -> None:
+    async with FakeAgentServer() as agents:
+        agents.script(FakeResponse(status=402, json={"detail": "Insufficient balance"}))
+        config = write_config(tmp_path, thinnest_config_toml(agents.url))
+        code, out, err = await run_cli("chat", "--config", str(config), stdin="hi\n", cwd=tmp_path)
+        assert code == 0, err
+        assert "out of credit" in out
+        assert "Traceback" not in out + err
+
+
+async def test_ctrl_c_leaves_cleanly(tmp_path: Path) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bridge", "chat",
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        cwd=tmp_path, env=_env(None),
+    )
+    assert proc.stdout is not None and proc.stdin is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), 20)
+    assert b"/reset" in line  # the help line: it is waiting for input
+    proc.send_signal(signal.SIGINT)
+    out, err = await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode == 0
+    assert b"Traceback" not in err
+
+
+async def test_sessions_list_and_reset(tmp_path: Path) -> None:
+    async with FakeAgentServer() as agents:
+        config = write_config(tmp_path, thinnest_config_toml(agents.url))
+        code, _, err = await run_cli("chat", "--config", str(config), stdin="hi\n", cwd=tmp_path)
+        assert code == 0, err
+    code, out, err = await run_cli("sessions", "list", "--config", str(config), cwd=tmp_path)
+    assert code == 0, err
+    header, row = out.strip().splitlines()
+    assert header.split()[:5] == ["PLATFORM", "CHAT", "THREAD", "AGENT", "SESSION"]
+    assert row.split()[0] == "console" and "sess-1" in row
+    code, out, err = await run_cli("sessions", "reset", "--all", "--config", str(config), cwd=tmp_path)
+    assert code == 0 and "reset 1 conversation" in out
+    code, out, _ = await run_cli("sessions", "list", "--config", str(config), cwd=tmp_path)
+    assert "sess-1" not in out
+    code, _, err = await run_cli("sessions", "reset", "--config", str(config), cwd=tmp_path)
+    assert code == 2 and "--all" in err
+
+
+async def test_check_offline_describes_each_section_without_secrets(tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path,
+        '[agents.default]\nbackend = "thinnest"\nagent_id = "ag_1"\napi_key = "${KEY}"\n',
+    )
+    code, out, err = await run_cli(
+        "check", "--offline", "--config", str(config), cwd=tmp_path, env={"KEY": "ak_very_secret"}
+    )
+    assert code == 0, err
+    assert "agents.default: thinnest, agent ag_1" in out
+    assert "telegram: not configured" in out
+    assert "ak_very_secret" not in out + err
+
+
+async def test_run_without_config_is_a_usage_error(tmp_path: Path) -> None:
+    code, _, err = await run_cli("run", cwd=tmp_path)
+    assert code == 2 and "no config file" in err
+
+
+async def test_version_and_help(tmp_path: Path) -> None:
+    code, out, _ = await run_cli("--version", cwd=tmp_path)
+    assert code == 0 and out.strip() == f"agent-bridge {__version__}"
+    for command in (["chat"], ["run"], ["check"], ["sessions", "list"], ["sessions", "reset"], ["db", "upgrade"]):
+        code, out, _ = await run_cli(*command, "--help", cwd=tmp_path)
+        assert code == 0 and "usage: agent-bridge" in out, command
+
+
+@pytest.mark.parametrize("agent", ["nope"])
+async def test_unknown_agent_for_chat(tmp_path: Path, agent: str) -> None:
+    code, _, err = await run_cli("chat", "--agent", agent, cwd=tmp_path)
+    assert code == 2 and "--agent: no agent named 'nope'" in err
