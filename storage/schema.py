@@ -1,0 +1,130 @@
+"""The database tables, as SQLAlchemy Core metadata.
+
+This is the schema the code expects; ``storage/migrations`` creates it, and a
+test checks that the two never drift apart (Alembic's ``compare_metadata``).
+
+Two details shape the columns:
+
+- ``conversations.thread`` is ``""`` for a chat without threads, never NULL:
+  SQL treats NULLs as distinct, so a unique key with a NULL thread would let
+  two rows exist for the same chat. The store maps ``""`` back to ``None``.
+- Timestamps are stored in UTC. SQLite has no time zone type and gives back
+  naive values; `UTCDateTime` makes every value aware UTC on the way in and out.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.types import TypeDecorator
+
+#: Constraint names are part of the schema (migrations refer to them), so
+#: they follow one convention instead of each database's defaults.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+#: 64-bit ids on PostgreSQL; SQLite needs exactly INTEGER for an
+#: auto-incrementing rowid primary key (its INTEGER is 64-bit anyway).
+Id = BigInteger().with_variant(Integer(), "sqlite")
+
+#: ``conversations.thread`` for a chat without threads.
+NO_THREAD = ""
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp that is always timezone-aware UTC in Python."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+        # SQLite's DATETIME ignores tzinfo; keep what it stores unambiguous.
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+conversations = Table(
+    "conversations",
+    metadata,
+    Column("id", Id, primary_key=True),
+    Column("platform", String, nullable=False),
+    Column("scope", String, nullable=False),
+    Column("chat", String, nullable=False),
+    Column("thread", String, nullable=False, server_default=NO_THREAD),
+    Column("agent", String, nullable=False),
+    Column("session_id", String, nullable=True),
+    Column("epoch", Integer, nullable=False, server_default="0"),
+    Column("turns", Integer, nullable=False, server_default="0"),
+    Column("input_tokens", BigInteger, nullable=False, server_default="0"),
+    Column("output_tokens", BigInteger, nullable=False, server_default="0"),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("last_active_at", UTCDateTime, nullable=False),
+    UniqueConstraint("platform", "scope", "chat", "thread"),
+)
+
+messages = Table(
+    "messages",
+    metadata,
+    Column("id", Id, primary_key=True),
+    Column("platform", String, nullable=False),
+    Column("event_id", String, nullable=False),
+    Column(
+        "conversation_id",
+        Id,
+        ForeignKey("conversations.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    #: The agent the adapter asked for (the conversation follows it).
+    Column("agent", String, nullable=False),
+    Column("sender", String, nullable=False),
+    Column("text", Text, nullable=False),
+    Column("reply_to", String, nullable=True),
+    Column("meta", JSON, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("error_kind", String, nullable=True),
+    Column("reply_text", Text, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    # The inbox's dedupe: one row per platform event, however often delivered.
+    UniqueConstraint("platform", "event_id"),
+    # unfinished(): status IN (...) ORDER BY id; purge_text(): status + age.
+    Index(None, "status", "id"),
+    Index(None, "status", "updated_at"),
+    Index(None, "conversation_id"),
+)
