@@ -22,7 +22,10 @@ from bridge.model import ConversationKey, InboxMessage, IncomingMessage, Reply
 if TYPE_CHECKING:
     from bridge.dispatcher import Dispatcher
 
-HELP = "Type a message for the agent. /reset starts a new conversation, /status shows usage, /quit leaves (or Ctrl-D)."
+HELP = (
+    "Type a message for the agent. /reset starts a new conversation, /status shows usage, "
+    "/quit leaves (or Ctrl-D)."
+)
 
 
 class ConsoleAdapter(ChatAdapter):

@@ -30,9 +30,7 @@ def _open_fence(text: str) -> tuple[str, str] | None:
     return current
 
 
-def split_markdown(
-    text: str, limit: int, *, length: Callable[[str], int] = len
-) -> list[str]:
+def split_markdown(text: str, limit: int, *, length: Callable[[str], int] = len) -> list[str]:
     """Split ``text`` into pieces of at most ``limit`` (as measured by ``length``).
 
     ``length`` lets a platform count its own way (Telegram counts UTF-16 code

@@ -23,7 +23,14 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from bridge import __version__
-from bridge.config import Config, default_config, find_config_path, load_config
+from bridge.config import (
+    Config,
+    PeakaAgentConfig,
+    ThinnestAgentConfig,
+    default_config,
+    find_config_path,
+    load_config,
+)
 from bridge.errors import BridgeError, ConfigError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -70,7 +77,9 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
     chat = commands.add_parser(
-        "chat", parents=[common], help="talk to the agent in this terminal",
+        "chat",
+        parents=[common],
+        help="talk to the agent in this terminal",
         description="A terminal conversation through the same dispatcher and store as the "
         "chat platforms. /reset starts over, /quit (or Ctrl-D) leaves.",
     )
@@ -78,13 +87,17 @@ def _parser() -> argparse.ArgumentParser:
     chat.set_defaults(handler=_cmd_chat)
 
     run = commands.add_parser(
-        "run", parents=[common], help="run the bridge (Slack, Telegram) until stopped",
+        "run",
+        parents=[common],
+        help="run the bridge (Slack, Telegram) until stopped",
         description="Start every configured chat adapter and answer messages until SIGTERM.",
     )
     run.set_defaults(handler=_cmd_run)
 
     check = commands.add_parser(
-        "check", parents=[common], help="validate the config and check credentials",
+        "check",
+        parents=[common],
+        help="validate the config and check credentials",
         description="Validate the config and print each section's status; then check the "
         "database, the chat platforms' tokens and the agents' keys live.",
     )
@@ -106,7 +119,9 @@ def _parser() -> argparse.ArgumentParser:
     s_list.add_argument("--platform", help="only this platform (slack, telegram, console)")
     s_list.set_defaults(handler=_cmd_sessions_list)
     s_reset = s_commands.add_parser(
-        "reset", parents=[common], help="give conversations a fresh agent session",
+        "reset",
+        parents=[common],
+        help="give conversations a fresh agent session",
         description="Reset the agent session of the matching conversations: their next "
         "message starts a new session. Give --all, or at least --platform.",
     )
@@ -139,7 +154,9 @@ def _load(args: argparse.Namespace, *, allow_default: bool = False) -> tuple[Con
 def _setup_cli_logging(args: argparse.Namespace, default: int = logging.WARNING) -> None:
     verbose = getattr(args, "verbose", 0) or 0
     level = default if not verbose else (logging.INFO if verbose == 1 else logging.DEBUG)
-    logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
+    )
     # httpx logs every request URL at INFO; Telegram URLs contain the bot token.
     logging.getLogger("httpx").setLevel(max(level, logging.WARNING))
 
@@ -206,13 +223,16 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 def describe_config(config: Config) -> list[str]:
     """One line per section: what it configures, never a secret."""
-    lines = [f"storage: {config.storage.display_url} (text kept {config.storage.retention_days:g} days)"]
+    lines = [
+        f"storage: {config.storage.display_url} (text kept {config.storage.retention_days:g} days)"
+    ]
     for name, agent in config.agents.items():
-        where = {
-            "thinnest": lambda a: f"agent {a.agent_id} at {a.base_url}",
-            "peaka": lambda a: f"project {a.project_id} at {a.effective_base_url}",
-            "echo": lambda a: "answers with the user's text",
-        }[agent.backend](agent)
+        if isinstance(agent, ThinnestAgentConfig):
+            where = f"agent {agent.agent_id} at {agent.base_url}"
+        elif isinstance(agent, PeakaAgentConfig):
+            where = f"project {agent.project_id} at {agent.effective_base_url}"
+        else:
+            where = "answers with the user's text"
         lines.append(f"agents.{name}: {agent.backend}, {where}, timeout {agent.timeout:g}s")
     lines.append(
         f"dispatcher: up to {config.dispatcher.max_concurrency} agent calls at once, "
@@ -270,7 +290,16 @@ def _cmd_sessions_list(args: argparse.Namespace) -> int:
 
         async with Store(config.storage.url) as store:
             conversations = await store.list_conversations(platform=args.platform)
-        header = ("PLATFORM", "CHAT", "THREAD", "AGENT", "SESSION", "TURNS", "TOKENS", "LAST ACTIVE")
+        header = (
+            "PLATFORM",
+            "CHAT",
+            "THREAD",
+            "AGENT",
+            "SESSION",
+            "TURNS",
+            "TOKENS",
+            "LAST ACTIVE",
+        )
         rows = [
             (
                 c.key.platform,

@@ -339,6 +339,7 @@ def _resolve(
 ) -> Any:
     """Expand ``${VAR}`` everywhere and turn ``X_file`` secrets into ``X``."""
     if isinstance(node, str):
+
         def sub(match: re.Match[str]) -> str:
             name = match.group(1)
             if name not in env:
@@ -451,7 +452,8 @@ def _did_you_mean(loc: tuple[str, ...]) -> str:
         if model == "agents":
             model = None  # an agent name: the model depends on its backend
             continue
-        field = model.model_fields.get(part) if isinstance(model, type) else None
+        is_model = isinstance(model, type) and issubclass(model, BaseModel)
+        field = model.model_fields.get(part) if is_model else None
         model = _model_of(field.annotation) if field is not None else None
     if isinstance(model, type) and issubclass(model, BaseModel):
         known = list(model.model_fields)
@@ -493,15 +495,15 @@ def _cross_check(config: Config) -> list[str]:
             continue
         template = getattr(config.messages, key)
         if re.search(r"\{[^{}]*\}", template):
-            problems.append(f"messages.{key}: takes no placeholders (write {{{{ and }}}} for braces)")
+            problems.append(
+                f"messages.{key}: takes no placeholders (write {{{{ and }}}} for braces)"
+            )
 
     def agent_ref(where: str, name: str) -> None:
         if name not in config.agents:
             hint = difflib.get_close_matches(name, list(config.agents), n=1)
             extra = f'; did you mean "{hint[0]}"?' if hint else ""
-            problems.append(
-                f'{where}: no agent named "{name}" (define [agents.{name}]){extra}'
-            )
+            problems.append(f'{where}: no agent named "{name}" (define [agents.{name}]){extra}')
 
     if config.telegram is not None:
         tg = config.telegram

@@ -128,12 +128,14 @@ class Dispatcher:
         self.stop_accepting()
         workers = list(self._workers.values())
         if workers:
-            log.info(
-                "waiting up to %.0fs for %d agent call(s) in flight", grace, self._in_flight
-            )
-            _, unfinished = await asyncio.wait(workers, timeout=grace) if grace > 0 else (
-                set(),
-                set(workers),
+            log.info("waiting up to %.0fs for %d agent call(s) in flight", grace, self._in_flight)
+            _, unfinished = (
+                await asyncio.wait(workers, timeout=grace)
+                if grace > 0
+                else (
+                    set(),
+                    set(workers),
+                )
             )
             for task in unfinished:
                 task.cancel()
@@ -247,8 +249,9 @@ class Dispatcher:
                     try:
                         await self._handle(message)
                     except StorageError as exc:
-                        log.error("message %d: store failed, left for the next start: %s",
-                                  message.id, exc)
+                        log.error(
+                            "message %d: store failed, left for the next start: %s", message.id, exc
+                        )
                     except Exception:
                         log.exception("message %d: unexpected error", message.id)
                     finally:
@@ -277,7 +280,8 @@ class Dispatcher:
         if message.attempts >= MAX_ATTEMPTS:
             log.error(
                 "message %d was interrupted %d times; answering with an error",
-                message.id, message.attempts,
+                message.id,
+                message.attempts,
             )
             reply = Reply(self.messages.render("internal_error"), error_kind="interrupted")
             await self._store.save_reply(message.id, reply.text, error_kind=reply.error_kind)
@@ -313,7 +317,9 @@ class Dispatcher:
         if backend is None:
             log.error(
                 "message %d: agent %r is not configured (conversation %s)",
-                message.id, conversation.agent, conversation.key,
+                message.id,
+                conversation.agent,
+                conversation.key,
             )
             return Reply(self.messages.render("internal_error"), error_kind="no_agent")
         session = conversation.session_id or backend.new_session_id()
@@ -356,7 +362,10 @@ class Dispatcher:
         self.metrics.tokens.labels(backend.name, "output").inc(result.usage.output_tokens)
         log.info(
             "message %d: agent %s answered in %.2fs (session %s)",
-            message.id, backend.name, time.monotonic() - started, result.session_id or session,
+            message.id,
+            backend.name,
+            time.monotonic() - started,
+            result.session_id or session,
         )
         return result
 
@@ -382,7 +391,8 @@ class Dispatcher:
             return
         log.error(
             "message %d: could not post the reply to %s; it is kept and posted at the next start",
-            message.id, message.key,
+            message.id,
+            message.key,
         )
 
     async def _purge_loop(self) -> None:

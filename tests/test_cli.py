@@ -11,20 +11,31 @@ from pathlib import Path
 import pytest
 
 from bridge import __version__
-from tests.fakes.agents import FakeAgentServer, FakeResponse, peaka_config_toml, thinnest_config_toml
+from tests.fakes.agents import (
+    FakeAgentServer,
+    FakeResponse,
+    peaka_config_toml,
+    thinnest_config_toml,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 async def run_cli(
-    *args: str, stdin: str = "", cwd: Path, env: dict[str, str] | None = None, timeout: float = 30
+    *args: str, stdin: str = "", cwd: Path, env: dict[str, str] | None = None, within: float = 30
 ) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bridge", *args,
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        cwd=cwd, env=_env(env),
+        sys.executable,
+        "-m",
+        "bridge",
+        *args,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=cwd,
+        env=_env(env),
     )
-    out, err = await asyncio.wait_for(proc.communicate(stdin.encode()), timeout)
+    out, err = await asyncio.wait_for(proc.communicate(stdin.encode()), within)
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
 
@@ -54,7 +65,10 @@ async def test_chat_keeps_the_thinnest_session_and_reset_starts_over(tmp_path: P
     async with FakeAgentServer() as agents:
         config = write_config(tmp_path, thinnest_config_toml(agents.url))
         code, out, err = await run_cli(
-            "chat", "--config", str(config), stdin="one\ntwo\n/reset\nthree\n/quit\nnever sent\n",
+            "chat",
+            "--config",
+            str(config),
+            stdin="one\ntwo\n/reset\nthree\n/quit\nnever sent\n",
             cwd=tmp_path,
         )
         assert code == 0, err
@@ -71,7 +85,9 @@ async def test_chat_keeps_the_thinnest_session_and_reset_starts_over(tmp_path: P
 async def test_chat_with_peaka_reuses_the_thread(tmp_path: Path) -> None:
     async with FakeAgentServer() as agents:
         config = write_config(tmp_path, peaka_config_toml(agents.url))
-        code, out, err = await run_cli("chat", "--config", str(config), stdin="a\nb\n", cwd=tmp_path)
+        code, out, err = await run_cli(
+            "chat", "--config", str(config), stdin="a\nb\n", cwd=tmp_path
+        )
         assert code == 0, err
         threads = {c.json["threadId"] for c in agents.chat_calls}
         assert len(threads) == 1 and "default> echo: b" in out
@@ -89,15 +105,21 @@ async def test_chat_shows_the_friendly_text_on_agent_errors(tmp_path: Path) -> N
 
 async def test_ctrl_c_leaves_cleanly(tmp_path: Path) -> None:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bridge", "chat",
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        cwd=tmp_path, env=_env(None),
+        sys.executable,
+        "-m",
+        "bridge",
+        "chat",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=tmp_path,
+        env=_env(None),
     )
     assert proc.stdout is not None and proc.stdin is not None
     line = await asyncio.wait_for(proc.stdout.readline(), 20)
     assert b"/reset" in line  # the help line: it is waiting for input
     proc.send_signal(signal.SIGINT)
-    out, err = await asyncio.wait_for(proc.communicate(), 20)
+    _, err = await asyncio.wait_for(proc.communicate(), 20)
     assert proc.returncode == 0
     assert b"Traceback" not in err
 
@@ -112,7 +134,9 @@ async def test_sessions_list_and_reset(tmp_path: Path) -> None:
     header, row = out.strip().splitlines()
     assert header.split()[:5] == ["PLATFORM", "CHAT", "THREAD", "AGENT", "SESSION"]
     assert row.split()[0] == "console" and "sess-1" in row
-    code, out, err = await run_cli("sessions", "reset", "--all", "--config", str(config), cwd=tmp_path)
+    code, out, err = await run_cli(
+        "sessions", "reset", "--all", "--config", str(config), cwd=tmp_path
+    )
     assert code == 0 and "reset 1 conversation" in out
     code, out, _ = await run_cli("sessions", "list", "--config", str(config), cwd=tmp_path)
     assert "sess-1" not in out
@@ -142,7 +166,14 @@ async def test_run_without_config_is_a_usage_error(tmp_path: Path) -> None:
 async def test_version_and_help(tmp_path: Path) -> None:
     code, out, _ = await run_cli("--version", cwd=tmp_path)
     assert code == 0 and out.strip() == f"agent-bridge {__version__}"
-    for command in (["chat"], ["run"], ["check"], ["sessions", "list"], ["sessions", "reset"], ["db", "upgrade"]):
+    for command in (
+        ["chat"],
+        ["run"],
+        ["check"],
+        ["sessions", "list"],
+        ["sessions", "reset"],
+        ["db", "upgrade"],
+    ):
         code, out, _ = await run_cli(*command, "--help", cwd=tmp_path)
         assert code == 0 and "usage: agent-bridge" in out, command
 

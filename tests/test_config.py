@@ -101,7 +101,11 @@ def test_secret_from_file_and_never_in_errors_or_repr(tmp_path: Path) -> None:
     key_file = tmp_path / "key"
     key_file.write_text(SECRET + "\n")
     config = parse_config(
-        {"agents": {"default": {"backend": "thinnest", "agent_id": "a", "api_key_file": str(key_file)}}},
+        {
+            "agents": {
+                "default": {"backend": "thinnest", "agent_id": "a", "api_key_file": str(key_file)}
+            }
+        },
         base_dir=tmp_path,
         environ={},
     )
@@ -128,8 +132,12 @@ def test_relative_secret_file_resolves_against_config_folder(tmp_path: Path) -> 
 
 def test_secret_file_problems() -> None:
     raw = {"agents": {"default": thinnest(api_key_file="/nonexistent/key")}}
-    assert problems(raw) == ["agents.default.api_key_file: set either api_key or api_key_file, not both"]
-    raw = {"agents": {"default": {"backend": "thinnest", "agent_id": "a", "api_key_file": "/no/key"}}}
+    assert problems(raw) == [
+        "agents.default.api_key_file: set either api_key or api_key_file, not both"
+    ]
+    raw = {
+        "agents": {"default": {"backend": "thinnest", "agent_id": "a", "api_key_file": "/no/key"}}
+    }
     assert problems(raw) == [
         "agents.default.api_key_file: cannot read '/no/key': No such file or directory"
     ]
@@ -137,7 +145,10 @@ def test_secret_file_problems() -> None:
 
 def test_relative_sqlite_path_resolves_against_the_config_folder(tmp_path: Path) -> None:
     config = parse_config(
-        {"storage": {"url": "sqlite+aiosqlite:///data/bridge.db"}, "agents": {"a": {"backend": "echo"}}},
+        {
+            "storage": {"url": "sqlite+aiosqlite:///data/bridge.db"},
+            "agents": {"a": {"backend": "echo"}},
+        },
         base_dir=tmp_path,
     )
     assert config.storage.url == f"sqlite+aiosqlite:///{tmp_path}/data/bridge.db"
@@ -169,7 +180,10 @@ def test_cross_references_are_checked() -> None:
         "messages": {"rate_limited": "wait {seconds}"},
     }
     found = problems(raw)
-    assert 'telegram.agent: no agent named "defualt" (define [agents.defualt]); did you mean "default"?' in found
+    assert (
+        'telegram.agent: no agent named "defualt" (define [agents.defualt]); '
+        'did you mean "default"?' in found
+    )
     assert 'telegram.chat_agents.-100: no agent named "nope" (define [agents.nope])' in found
     assert 'telegram.webhook_url: required when mode = "webhook"' in found
     assert 'telegram.webhook_secret: required when mode = "webhook"' in found
@@ -200,18 +214,27 @@ def test_config_path_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 @pytest.mark.parametrize(
     ("body", "expected"),
     [
-        ('[agents.default]\nbackend = "thinnest"\nagent_id = "a"\napi_key = "${NOPE_KEY}"\n',
-         "config: agents.default.api_key: environment variable NOPE_KEY is not set"),
-        ('[agents.default]\nbackend = "echo"\ntimout = 3\n',
-         'config: agents.default.timout: unknown key; did you mean "timeout"?'),
-        ('[agents.default]\nbackend = "echo"\ntimeout = "3"\n',
-         "config: agents.default.timeout: expected a number"),
+        (
+            '[agents.default]\nbackend = "thinnest"\nagent_id = "a"\napi_key = "${NOPE_KEY}"\n',
+            "config: agents.default.api_key: environment variable NOPE_KEY is not set",
+        ),
+        (
+            '[agents.default]\nbackend = "echo"\ntimout = 3\n',
+            'config: agents.default.timout: unknown key; did you mean "timeout"?',
+        ),
+        (
+            '[agents.default]\nbackend = "echo"\ntimeout = "3"\n',
+            "config: agents.default.timeout: expected a number",
+        ),
         ("[agents.default\n", "not valid TOML"),
     ],
 )
 def test_cli_exits_2_naming_the_key(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
-    body: str, expected: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    body: str,
+    expected: str,
 ) -> None:
     monkeypatch.delenv("NOPE_KEY", raising=False)
     path = tmp_path / "bad.toml"

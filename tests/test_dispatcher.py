@@ -58,9 +58,16 @@ class RecordingAdapter(ChatAdapter):
         return [reply.text for _, reply in self.replies]
 
 
-def make_config(tmp_path: Path, agents_url: str, backend: str = "thinnest", **dispatcher: Any) -> Config:
-    agent: dict[str, Any] = {"backend": backend, "api_key": FAKE_API_KEY, "base_url": agents_url,
-                             "timeout": 2, "max_retry_wait": 1}
+def make_config(
+    tmp_path: Path, agents_url: str, backend: str = "thinnest", **dispatcher: Any
+) -> Config:
+    agent: dict[str, Any] = {
+        "backend": backend,
+        "api_key": FAKE_API_KEY,
+        "base_url": agents_url,
+        "timeout": 2,
+        "max_retry_wait": 1,
+    }
     if backend == "thinnest":
         agent["agent_id"] = "ag_fake"
     else:
@@ -75,7 +82,9 @@ def make_config(tmp_path: Path, agents_url: str, backend: str = "thinnest", **di
     )
 
 
-def msg(text: str, chat: str = "c1", thread: str | None = None, event: str | None = None) -> IncomingMessage:
+def msg(
+    text: str, chat: str = "c1", thread: str | None = None, event: str | None = None
+) -> IncomingMessage:
     return IncomingMessage(
         key=ConversationKey("test", "s", chat, thread),
         event_id=event or f"e{next(_ids)}",
@@ -99,7 +108,9 @@ async def agents() -> AsyncIterator[FakeAgentServer]:
         yield server
 
 
-async def test_multi_turn_reuses_session_and_reset_starts_a_new_one(tmp_path: Path, agents: FakeAgentServer) -> None:
+async def test_multi_turn_reuses_session_and_reset_starts_a_new_one(
+    tmp_path: Path, agents: FakeAgentServer
+) -> None:
     async with running(make_config(tmp_path, agents.url)) as (core, adapter):
         d = core.dispatcher
         assert await d.submit(msg("one"))
@@ -121,7 +132,9 @@ async def test_multi_turn_reuses_session_and_reset_starts_a_new_one(tmp_path: Pa
         assert conversation.input_tokens == 3 and conversation.output_tokens == 6
 
 
-async def test_peaka_gets_a_bridge_made_thread_id_and_keeps_it(tmp_path: Path, agents: FakeAgentServer) -> None:
+async def test_peaka_gets_a_bridge_made_thread_id_and_keeps_it(
+    tmp_path: Path, agents: FakeAgentServer
+) -> None:
     async with running(make_config(tmp_path, agents.url, backend="peaka")) as (core, adapter):
         await core.dispatcher.submit(msg("one"))
         await adapter.wait_replies(1)
@@ -140,7 +153,9 @@ async def test_duplicate_event_is_answered_once(tmp_path: Path, agents: FakeAgen
         assert len(agents.chat_calls) == 1
 
 
-async def test_one_call_at_a_time_per_conversation_parallel_across(tmp_path: Path, agents: FakeAgentServer) -> None:
+async def test_one_call_at_a_time_per_conversation_parallel_across(
+    tmp_path: Path, agents: FakeAgentServer
+) -> None:
     async with running(make_config(tmp_path, agents.url)) as (core, adapter):
         agents.hold()
         await core.dispatcher.submit(msg("a1", chat="a"))
@@ -154,7 +169,9 @@ async def test_one_call_at_a_time_per_conversation_parallel_across(tmp_path: Pat
         assert texts.index("echo: a1") < texts.index("echo: a2")
 
 
-async def test_max_concurrency_bounds_calls_in_flight(tmp_path: Path, agents: FakeAgentServer) -> None:
+async def test_max_concurrency_bounds_calls_in_flight(
+    tmp_path: Path, agents: FakeAgentServer
+) -> None:
     async with running(make_config(tmp_path, agents.url, max_concurrency=1)) as (core, adapter):
         agents.hold()
         await core.dispatcher.submit(msg("a", chat="a"))
@@ -167,7 +184,9 @@ async def test_max_concurrency_bounds_calls_in_flight(tmp_path: Path, agents: Fa
         await adapter.wait_replies(2)
 
 
-async def test_too_long_input_gets_a_clear_reply_without_agent_call(tmp_path: Path, agents: FakeAgentServer) -> None:
+async def test_too_long_input_gets_a_clear_reply_without_agent_call(
+    tmp_path: Path, agents: FakeAgentServer
+) -> None:
     async with running(make_config(tmp_path, agents.url, max_input_chars=10)) as (core, adapter):
         await core.dispatcher.submit(msg("x" * 11))
         [text] = await adapter.wait_replies(1)
@@ -176,7 +195,9 @@ async def test_too_long_input_gets_a_clear_reply_without_agent_call(tmp_path: Pa
         assert adapter.replies[0][1].error_kind == "input_too_long"
 
 
-async def test_agent_error_becomes_the_friendly_text_and_is_stored(tmp_path: Path, agents: FakeAgentServer) -> None:
+async def test_agent_error_becomes_the_friendly_text_and_is_stored(
+    tmp_path: Path, agents: FakeAgentServer
+) -> None:
     async with running(make_config(tmp_path, agents.url)) as (core, adapter):
         agents.script(FakeResponse(status=402, json={"detail": "Insufficient balance"}))
         await core.dispatcher.submit(msg("hi"))
@@ -190,7 +211,9 @@ async def test_agent_error_becomes_the_friendly_text_and_is_stored(tmp_path: Pat
         assert 'kind="insufficient_balance"' in metrics
 
 
-async def test_expired_session_starts_over_once_with_a_note(tmp_path: Path, agents: FakeAgentServer) -> None:
+async def test_expired_session_starts_over_once_with_a_note(
+    tmp_path: Path, agents: FakeAgentServer
+) -> None:
     async with running(make_config(tmp_path, agents.url)) as (core, adapter):
         await core.dispatcher.submit(msg("one"))
         await adapter.wait_replies(1)
@@ -240,7 +263,9 @@ async def test_undelivered_reply_is_kept_and_posted_after_restart_without_new_ag
         assert len(agents.chat_calls) == 1
 
 
-async def test_resume_answers_pending_and_interrupted_messages(tmp_path: Path, agents: FakeAgentServer) -> None:
+async def test_resume_answers_pending_and_interrupted_messages(
+    tmp_path: Path, agents: FakeAgentServer
+) -> None:
     config = make_config(tmp_path, agents.url)
     async with Store(config.storage.url) as store:
         pending = await store.accept(msg("left pending", chat="p"))
@@ -255,7 +280,9 @@ async def test_resume_answers_pending_and_interrupted_messages(tmp_path: Path, a
         assert await core.store.count_unfinished() == 0
 
 
-async def test_a_message_interrupted_too_often_gets_an_error_not_a_loop(tmp_path: Path, agents: FakeAgentServer) -> None:
+async def test_a_message_interrupted_too_often_gets_an_error_not_a_loop(
+    tmp_path: Path, agents: FakeAgentServer
+) -> None:
     config = make_config(tmp_path, agents.url)
     async with Store(config.storage.url) as store:
         stored = await store.accept(msg("poison"))
@@ -269,7 +296,9 @@ async def test_a_message_interrupted_too_often_gets_an_error_not_a_loop(tmp_path
         assert agents.chat_calls == []
 
 
-async def test_shutdown_lets_call_in_flight_finish_and_leaves_queued_pending(tmp_path: Path, agents: FakeAgentServer) -> None:
+async def test_shutdown_lets_call_in_flight_finish_and_leaves_queued_pending(
+    tmp_path: Path, agents: FakeAgentServer
+) -> None:
     config = make_config(tmp_path, agents.url)
     async with running(config) as (core, adapter):
         agents.hold()
@@ -287,7 +316,9 @@ async def test_shutdown_lets_call_in_flight_finish_and_leaves_queued_pending(tmp
         assert len(agents.chat_calls) == 1
 
 
-async def test_reset_during_a_call_is_not_undone_by_it(tmp_path: Path, agents: FakeAgentServer) -> None:
+async def test_reset_during_a_call_is_not_undone_by_it(
+    tmp_path: Path, agents: FakeAgentServer
+) -> None:
     async with running(make_config(tmp_path, agents.url)) as (core, adapter):
         key = ConversationKey("test", "s", "c1")
         agents.hold()
@@ -301,7 +332,9 @@ async def test_reset_during_a_call_is_not_undone_by_it(tmp_path: Path, agents: F
         assert conversation is not None and conversation.session_id is None
 
 
-async def test_unexpected_adapter_less_platform_waits_in_store(tmp_path: Path, agents: FakeAgentServer) -> None:
+async def test_unexpected_adapter_less_platform_waits_in_store(
+    tmp_path: Path, agents: FakeAgentServer
+) -> None:
     config = make_config(tmp_path, agents.url)
     async with Store(config.storage.url) as store:
         other = IncomingMessage(ConversationKey("slack", "T1", "C1"), "ev1", "U1", "hi", "default")
