@@ -20,6 +20,7 @@ the answer names if it names one.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import Mapping, Sequence
@@ -28,7 +29,13 @@ from urllib.parse import quote
 
 import httpx
 
-from bridge.backends.base import AgentRequest, HttpAgentBackend, ReplyFormatError
+from bridge.backends.base import (
+    BACKOFF_BASE,
+    AgentRequest,
+    HttpAgentBackend,
+    ReplyFormatError,
+    Sleep,
+)
 from bridge.config import MessagesConfig, PeakaAgentConfig
 from bridge.model import AgentReply, Usage
 
@@ -51,7 +58,8 @@ class PeakaBackend(HttpAgentBackend):
         *,
         messages: MessagesConfig,
         client: httpx.AsyncClient,
-        **options: Any,
+        sleep: Sleep = asyncio.sleep,
+        backoff_base: float = BACKOFF_BASE,
     ) -> None:
         super().__init__(
             name,
@@ -60,7 +68,8 @@ class PeakaBackend(HttpAgentBackend):
             max_retry_wait=config.max_retry_wait,
             messages=messages,
             client=client,
-            **options,
+            sleep=sleep,
+            backoff_base=backoff_base,
         )
         self.project_id = config.project_id
         self.no_execute = config.no_execute
@@ -275,7 +284,7 @@ def _is_empty(rows: Any) -> bool:
 def format_rows(result: Any, *, max_rows: int = MAX_ROWS) -> str:
     """A query result as a compact table in a code block (Markdown), cut after
     ``max_rows`` rows with a note of how many were left out."""
-    columns, rows, total = _table(result)
+    columns, rows, total = _table(result, max_rows)
     if columns is None:
         # Not tabular: show it as it came, shortened.
         raw = result if isinstance(result, str) else json.dumps(result, ensure_ascii=False)
@@ -314,14 +323,14 @@ def format_rows(result: Any, *, max_rows: int = MAX_ROWS) -> str:
     return table
 
 
-def _table(result: Any) -> tuple[list[str] | None, list[list[Any]], int]:
-    """(columns, rows as lists, total row count) of the shapes a query result takes;
-    columns None when the value is not a table."""
+def _table(result: Any, limit: int) -> tuple[list[str] | None, list[list[Any]], int]:
+    """(columns, the first ``limit`` rows as lists, total row count) of the shapes a
+    query result takes; columns None when the value is not a table."""
     if isinstance(result, str):
         stripped = result.strip()
         if stripped[:1] in ("[", "{"):
             try:
-                return _table(json.loads(stripped))
+                return _table(json.loads(stripped), limit)
             except ValueError:
                 pass
         return None, [], 0
@@ -333,31 +342,37 @@ def _table(result: Any) -> tuple[list[str] | None, list[list[Any]], int]:
         )
         if body is None:
             return None, [], 0
-        columns, rows, total = _table(body) if not isinstance(body, list) else _rows(body, declared)
+        columns, rows, total = (
+            _table(body, limit) if not isinstance(body, list) else _rows(body, declared, limit)
+        )
         count = result.get("rowCount", result.get("totalRows", result.get("total")))
         if isinstance(count, int) and not isinstance(count, bool) and count > total:
             total = count
         return columns, rows, total
     if isinstance(result, list):
-        return _rows(result, None)
+        return _rows(result, None, limit)
     return None, [], 0
 
 
-def _rows(items: list[Any], declared: list[str] | None) -> tuple[list[str], list[list[Any]], int]:
-    if items and all(isinstance(item, dict) for item in items):
+def _rows(
+    items: list[Any], declared: list[str] | None, limit: int
+) -> tuple[list[str], list[list[Any]], int]:
+    # Only the rows shown are converted: a result may hold many thousands.
+    shown = items[:limit]
+    if shown and all(isinstance(item, dict) for item in shown):
         columns: list[str] = list(declared or [])
-        for item in items[:MAX_ROWS]:
+        for item in shown:
             for key in item:
                 if key not in columns:
                     columns.append(str(key))
-        return columns, [[item.get(c) for c in columns] for item in items], len(items)
-    rows = [list(item) if isinstance(item, list | tuple) else [item] for item in items]
+        return columns, [[item.get(c) for c in columns] for item in shown], len(items)
+    rows = [list(item) if isinstance(item, list | tuple) else [item] for item in shown]
     width = max((len(r) for r in rows), default=0)
     if declared:
         columns = declared + [f"col{i + 1}" for i in range(len(declared), width)]
     else:
         columns = ["value"] if width <= 1 else [f"col{i + 1}" for i in range(width)]
-    return columns, rows, len(rows)
+    return columns, rows, len(items)
 
 
 def _columns(value: Any) -> list[str] | None:

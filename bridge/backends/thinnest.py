@@ -9,12 +9,20 @@ omitting ``session_id`` starts a session, whose id the answer names:
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 
-from bridge.backends.base import AgentRequest, HttpAgentBackend, ReplyFormatError, require_text
+from bridge.backends.base import (
+    BACKOFF_BASE,
+    AgentRequest,
+    HttpAgentBackend,
+    ReplyFormatError,
+    Sleep,
+    require_text,
+)
 from bridge.config import MessagesConfig, ThinnestAgentConfig
 from bridge.model import AgentReply, Usage
 
@@ -29,7 +37,8 @@ class ThinnestBackend(HttpAgentBackend):
         *,
         messages: MessagesConfig,
         client: httpx.AsyncClient,
-        **options: Any,
+        sleep: Sleep = asyncio.sleep,
+        backoff_base: float = BACKOFF_BASE,
     ) -> None:
         super().__init__(
             name,
@@ -38,7 +47,8 @@ class ThinnestBackend(HttpAgentBackend):
             max_retry_wait=config.max_retry_wait,
             messages=messages,
             client=client,
-            **options,
+            sleep=sleep,
+            backoff_base=backoff_base,
         )
         self.agent_id = config.agent_id
         self._agent_url = (

@@ -383,3 +383,9 @@ def test_rows_without_columns_get_positional_names():
 def test_a_non_tabular_result_is_shown_as_is():
     assert format_rows({"status": "ok"}) == '```\n{"status": "ok"}\n```'
     assert format_rows("Query executed successfully") == "```\nQuery executed successfully\n```"
+
+
+def test_positional_rows_are_cut_too():
+    table = format_rows({"columns": ["n"], "rows": [[i] for i in range(30)]})
+
+    assert "10 more rows not shown (30 in total)" in table
