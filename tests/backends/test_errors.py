@@ -4,6 +4,7 @@ and the text the user sees."""
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import logging
 import socket
@@ -452,3 +453,19 @@ async def test_logs_never_hold_the_key_or_the_text_above_debug(
     assert "my secret question" not in caplog.text
     attempts = [r.getMessage() for r in caplog.records if "attempt" in r.getMessage()]
     assert any("500" in m and "attempt 1" in m for m in attempts)
+
+
+async def test_cancelling_a_call_in_flight_propagates(
+    agents: FakeAgentServer, make_backend: MakeBackend
+):
+    # The dispatcher cancels calls still running at the end of the shutdown grace.
+    agents.hold()
+    task = asyncio.create_task(make_backend().chat("hi", "s1"))
+    await agents.wait_for_calls(1)
+
+    task.cancel()
+
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert len(agents.chat_calls) == 1
+    agents.release()
