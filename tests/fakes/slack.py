@@ -1,0 +1,547 @@
+"""`FakeSlack`: the Slack Web API and a Socket Mode WebSocket server on 127.0.0.1.
+
+It listens on a random free port and speaks Slack's real wire format, so tests drive
+the real slack_sdk and slack-bolt stack through ``api_url``. Nothing is mocked above
+the socket.
+
+Usage::
+
+    async with FakeSlack() as slack:
+        config = SlackConfig(bot_token=slack.bot_token, app_token=slack.app_token,
+                             api_url=slack.api_url)
+        ...                                            # start the adapter
+        await slack.wait_connected()
+        envelope = await slack.send_event(slack.mention("hello"))
+        await slack.wait_ack(envelope)
+        post = await slack.wait_call("chat.postMessage")
+        post.args["markdown_text"]
+
+Web API (``POST {api_url}<method>``): arguments are read from the query string, a form
+body or a JSON body, as Slack does. The token comes from ``Authorization: Bearer`` (or a
+``token`` argument). Methods answer like Slack: ``auth.test``, ``chat.postMessage``,
+``chat.update``, ``chat.postEphemeral``, ``reactions.add``/``reactions.remove``,
+``assistant.threads.setStatus``, ``apps.connections.open`` (needs the app-level token;
+the others need the bot token: a wrong token gets ``invalid_auth``, the other kind of
+token ``not_allowed_token_type``). Unknown methods get ``unknown_method``.
+
+Scripting: ``slack.fail("chat.postMessage", error="ratelimited", status=429,
+headers={"Retry-After": "1"})`` makes the next call of that method fail that way (FIFO,
+one script entry per call). ``slack.calls`` records every Web API call as `ApiCall`;
+``await slack.wait_call(method, n)`` waits until ``n`` calls of ``method`` arrived.
+
+Socket Mode: ``apps.connections.open`` returns ``ws://127.0.0.1:PORT/socket``. On
+connect the server sends ``hello``. ``send_event(event)`` wraps an Events API event in
+an ``event_callback`` payload and an ``events_api`` envelope; ``send_command(...)``
+sends a ``slash_commands`` envelope. The app's acks (``{"envelope_id": ...}``) are
+recorded: ``await slack.wait_ack(envelope_id)`` returns the ack, ``slack.acked(id)``
+tells whether one arrived. ``send_disconnect()`` asks the app to reconnect,
+``drop_connections()`` closes the sockets, ``refuse_connections`` makes new WebSocket
+connections fail (to observe a lost connection).
+
+HTTP mode helper: `signed_headers` signs an Events API request body like Slack does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import itertools
+import json as jsonlib
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from types import TracebackType
+from typing import Any, Self
+
+from aiohttp import WSMsgType, web
+
+BOT_TOKEN = "xoxb-fake-bot-token-0123456789"
+APP_TOKEN = "xapp-1-fake-app-token-0123456789"
+TEAM_ID = "T0FAKE"
+TEAM_NAME = "Fake Team"
+BOT_USER_ID = "UBOT"
+BOT_ID = "BBOT"
+APP_ID = "AFAKE"
+
+#: Slack's limit for ``markdown_text`` in chat.postMessage / chat.update.
+MARKDOWN_TEXT_LIMIT = 12_000
+
+
+@dataclass(frozen=True)
+class ApiCall:
+    """One Web API call as the fake received it."""
+
+    method: str
+    args: dict[str, Any]
+    token: str | None
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A scripted failure for the next call of a method."""
+
+    error: str
+    status: int = 200
+    headers: Mapping[str, str] = field(default_factory=dict)
+    #: Calls of the method to let through before this failure applies.
+    after: int = 0
+
+
+def signed_headers(
+    body: str | bytes, signing_secret: str, *, timestamp: int | None = None
+) -> dict[str, str]:
+    """The headers Slack sends with an HTTP request: timestamp and v0 signature."""
+    ts = str(int(time.time()) if timestamp is None else timestamp)
+    raw = body.encode() if isinstance(body, str) else body
+    base = b"v0:" + ts.encode() + b":" + raw
+    digest = hmac.new(signing_secret.encode(), base, hashlib.sha256).hexdigest()
+    return {
+        "X-Slack-Request-Timestamp": ts,
+        "X-Slack-Signature": f"v0={digest}",
+        "Content-Type": "application/json",
+    }
+
+
+class FakeSlack:
+    def __init__(
+        self,
+        *,
+        bot_token: str = BOT_TOKEN,
+        app_token: str = APP_TOKEN,
+        team_id: str = TEAM_ID,
+        bot_user_id: str = BOT_USER_ID,
+        bot_id: str = BOT_ID,
+    ) -> None:
+        self.bot_token = bot_token
+        self.app_token = app_token
+        self.team_id = team_id
+        self.bot_user_id = bot_user_id
+        self.bot_id = bot_id
+        self.calls: list[ApiCall] = []
+        self.acks: dict[str, dict[str, Any]] = {}
+        #: When set, new Socket Mode connections are refused (503).
+        self.refuse_connections = False
+        self.connection_count = 0
+        self._failures: dict[str, list[Failure]] = {}
+        self._sockets: list[web.WebSocketResponse] = []
+        self._changed = asyncio.Condition()
+        self._ts = itertools.count(1)
+        self._ids = itertools.count(1)
+        self._runner: web.AppRunner | None = None
+        self._port = 0
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        app = web.Application()
+        app.router.add_post("/api/{method}", self._api)
+        app.router.add_get("/socket", self._socket)
+        self._runner = web.AppRunner(app, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self._port = self._runner.addresses[0][1]
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.drop_connections()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._port}"
+
+    @property
+    def api_url(self) -> str:
+        """The ``api_url`` to configure: the Web API base URL, with its trailing slash."""
+        return f"{self.url}/api/"
+
+    # --- Web API ---------------------------------------------------------------------
+
+    def fail(
+        self,
+        method: str,
+        *,
+        error: str = "internal_error",
+        status: int = 200,
+        headers: Mapping[str, str] | None = None,
+        times: int = 1,
+        after: int = 0,
+    ) -> None:
+        """Make ``times`` calls of ``method`` fail with ``error``, once ``after`` more
+        calls have gone through."""
+        queue = self._failures.setdefault(method, [])
+        first = Failure(error, status, dict(headers or {}), after)
+        queue.extend([first] + [Failure(error, status, dict(headers or {}))] * (times - 1))
+
+    def ratelimit(self, method: str, *, retry_after: int = 1) -> None:
+        """The next call of ``method`` gets a 429 with ``Retry-After``, as Slack sends."""
+        self.fail(
+            method, error="ratelimited", status=429, headers={"Retry-After": str(retry_after)}
+        )
+
+    def calls_to(self, method: str) -> list[ApiCall]:
+        return [c for c in self.calls if c.method == method]
+
+    async def wait_call(self, method: str, count: int = 1, *, within: float = 5.0) -> ApiCall:
+        """Wait until ``count`` calls of ``method`` have arrived; return the ``count``-th."""
+
+        def ready() -> bool:
+            return len(self.calls_to(method)) >= count
+
+        await self._wait(ready, within, f"{count} call(s) to {method}")
+        return self.calls_to(method)[count - 1]
+
+    async def _api(self, request: web.Request) -> web.StreamResponse:
+        method = request.match_info["method"]
+        args: dict[str, Any] = dict(request.query)
+        if request.can_read_body:
+            if request.content_type == "application/json":
+                body = await request.json()
+                if isinstance(body, dict):
+                    args.update(body)
+            else:
+                args.update(await request.post())
+        token = args.pop("token", None)
+        auth = request.headers.get("Authorization", "")
+        if auth.startswith("Bearer "):
+            token = auth.removeprefix("Bearer ")
+        async with self._changed:
+            self.calls.append(ApiCall(method, args, token))
+            self._changed.notify_all()
+
+        queue = self._failures.get(method)
+        if queue and queue[0].after > 0:
+            queue[0] = replace(queue[0], after=queue[0].after - 1)
+        elif queue:
+            failure = queue.pop(0)
+            return web.json_response(
+                {"ok": False, "error": failure.error},
+                status=failure.status,
+                headers=failure.headers,
+            )
+        handler = _METHODS.get(method)
+        if handler is None:
+            return _error("unknown_method")
+        wanted = self.app_token if method == "apps.connections.open" else self.bot_token
+        if token is None:
+            return _error("not_authed")
+        if token != wanted:
+            if token in (self.app_token, self.bot_token):
+                return _error("not_allowed_token_type")
+            return _error("invalid_auth")
+        return web.json_response(handler(self, args))
+
+    def _auth_test(self, args: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "ok": True,
+            "url": "https://fake.slack.com/",
+            "team": TEAM_NAME,
+            "user": "agent-bridge",
+            "team_id": self.team_id,
+            "user_id": self.bot_user_id,
+            "bot_id": self.bot_id,
+            "is_enterprise_install": False,
+        }
+
+    def _next_ts(self) -> str:
+        return f"1800000000.{next(self._ts):06d}"
+
+    def _post_message(self, args: dict[str, Any]) -> dict[str, Any]:
+        channel = args.get("channel")
+        if not channel:
+            return {"ok": False, "error": "channel_not_found"}
+        markdown = args.get("markdown_text")
+        if markdown is not None and (args.get("text") or args.get("blocks")):
+            return {"ok": False, "error": "markdown_text_conflict"}
+        if markdown is not None and len(markdown) > MARKDOWN_TEXT_LIMIT:
+            return {"ok": False, "error": "markdown_text_too_long"}
+        if not (markdown or args.get("text") or args.get("blocks")):
+            return {"ok": False, "error": "no_text"}
+        ts = self._next_ts()
+        message = {"type": "message", "user": self.bot_user_id, "bot_id": self.bot_id, "ts": ts}
+        if args.get("thread_ts"):
+            message["thread_ts"] = args["thread_ts"]
+        message["text"] = markdown or args.get("text") or ""
+        return {"ok": True, "channel": channel, "ts": ts, "message": message}
+
+    def _post_ephemeral(self, args: dict[str, Any]) -> dict[str, Any]:
+        if not args.get("channel") or not args.get("user"):
+            return {"ok": False, "error": "invalid_arguments"}
+        return {"ok": True, "message_ts": self._next_ts()}
+
+    def _update(self, args: dict[str, Any]) -> dict[str, Any]:
+        if not args.get("channel") or not args.get("ts"):
+            return {"ok": False, "error": "message_not_found"}
+        return {"ok": True, "channel": args["channel"], "ts": args["ts"]}
+
+    def _reaction(self, args: dict[str, Any]) -> dict[str, Any]:
+        if not (args.get("channel") and args.get("timestamp") and args.get("name")):
+            return {"ok": False, "error": "invalid_arguments"}
+        return {"ok": True}
+
+    def _set_status(self, args: dict[str, Any]) -> dict[str, Any]:
+        return {"ok": True}
+
+    def _connections_open(self, args: dict[str, Any]) -> dict[str, Any]:
+        return {"ok": True, "url": f"ws://127.0.0.1:{self._port}/socket"}
+
+    # --- Socket Mode -----------------------------------------------------------------
+
+    @property
+    def connected(self) -> int:
+        """How many Socket Mode connections are open."""
+        return sum(1 for ws in self._sockets if not ws.closed)
+
+    async def wait_connected(self, count: int = 1, *, within: float = 5.0) -> None:
+        """Wait until ``count`` connections have been made since the start (hello sent)."""
+        await self._wait(lambda: self.connection_count >= count, within, f"{count} connection(s)")
+
+    async def _socket(self, request: web.Request) -> web.StreamResponse:
+        if self.refuse_connections:
+            return web.Response(status=503, text="no socket for you")
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        self._sockets.append(ws)
+        await ws.send_json(
+            {
+                "type": "hello",
+                "num_connections": self.connected,
+                "debug_info": {"host": "fake-slack", "approximate_connection_time": 18060},
+                "connection_info": {"app_id": APP_ID},
+            }
+        )
+        async with self._changed:
+            self.connection_count += 1
+            self._changed.notify_all()
+        try:
+            async for frame in ws:
+                if frame.type is not WSMsgType.TEXT:
+                    continue
+                data = jsonlib.loads(frame.data)
+                envelope_id = data.get("envelope_id")
+                if envelope_id:
+                    async with self._changed:
+                        self.acks[envelope_id] = data
+                        self._changed.notify_all()
+        finally:
+            with contextlib.suppress(ValueError):
+                self._sockets.remove(ws)
+            async with self._changed:
+                self._changed.notify_all()
+        return ws
+
+    async def send_envelope(
+        self,
+        kind: str,
+        payload: dict[str, Any],
+        *,
+        retry_attempt: int | None = None,
+        retry_reason: str | None = None,
+        accepts_response_payload: bool = False,
+        envelope_id: str | None = None,
+    ) -> str:
+        """Send an envelope on the newest open connection; return its envelope id."""
+        envelope_id = envelope_id or f"env-{next(self._ids)}"
+        envelope: dict[str, Any] = {
+            "envelope_id": envelope_id,
+            "payload": payload,
+            "type": kind,
+            "accepts_response_payload": accepts_response_payload,
+        }
+        if kind == "events_api":
+            envelope["retry_attempt"] = retry_attempt or 0
+            envelope["retry_reason"] = retry_reason or ""
+        ws = self._open_socket()
+        await ws.send_json(envelope)
+        return envelope_id
+
+    def _open_socket(self) -> web.WebSocketResponse:
+        for ws in reversed(self._sockets):
+            if not ws.closed:
+                return ws
+        raise AssertionError("no Socket Mode connection is open")
+
+    def event_payload(
+        self, event: dict[str, Any], *, event_id: str | None = None
+    ) -> dict[str, Any]:
+        """An Events API ``event_callback`` body around ``event``."""
+        return {
+            "token": "verification-token",
+            "team_id": self.team_id,
+            "api_app_id": APP_ID,
+            "event": event,
+            "type": "event_callback",
+            "event_id": event_id or f"Ev{next(self._ids):08d}",
+            "event_time": int(time.time()),
+            "authorizations": [
+                {
+                    "enterprise_id": None,
+                    "team_id": self.team_id,
+                    "user_id": self.bot_user_id,
+                    "is_bot": True,
+                    "is_enterprise_install": False,
+                }
+            ],
+            "is_ext_shared_channel": False,
+            "event_context": "4-fake",
+        }
+
+    async def send_event(
+        self,
+        event: dict[str, Any],
+        *,
+        event_id: str | None = None,
+        retry_attempt: int | None = None,
+        retry_reason: str | None = None,
+    ) -> str:
+        """Deliver an Events API event over Socket Mode; return the envelope id."""
+        return await self.send_envelope(
+            "events_api",
+            self.event_payload(event, event_id=event_id),
+            retry_attempt=retry_attempt,
+            retry_reason=retry_reason,
+        )
+
+    def command_payload(
+        self,
+        text: str,
+        *,
+        user: str = "U1",
+        channel: str = "D1",
+        command: str = "/agent",
+        team_id: str | None = None,
+    ) -> dict[str, Any]:
+        return {
+            "token": "verification-token",
+            "team_id": team_id or self.team_id,
+            "team_domain": "fake",
+            "channel_id": channel,
+            "channel_name": "directmessage" if channel.startswith("D") else "general",
+            "user_id": user,
+            "user_name": "someone",
+            "command": command,
+            "text": text,
+            "api_app_id": APP_ID,
+            "is_enterprise_install": "false",
+            "response_url": f"{self.url}/commands/respond",
+            "trigger_id": f"trig-{next(self._ids)}",
+        }
+
+    async def send_command(self, text: str, **kwargs: Any) -> str:
+        """Deliver a slash command over Socket Mode; return the envelope id."""
+        return await self.send_envelope(
+            "slash_commands", self.command_payload(text, **kwargs), accepts_response_payload=True
+        )
+
+    async def send_disconnect(self, reason: str = "refresh_requested") -> None:
+        """Ask the app to reconnect, as Slack does before it recycles a connection."""
+        await self._open_socket().send_json(
+            {"type": "disconnect", "reason": reason, "debug_info": {"host": "fake-slack"}}
+        )
+
+    async def drop_connections(self) -> None:
+        """Close every Socket Mode connection from the server side."""
+        for ws in list(self._sockets):
+            await ws.close()
+
+    def acked(self, envelope_id: str) -> bool:
+        return envelope_id in self.acks
+
+    async def wait_ack(self, envelope_id: str, *, within: float = 5.0) -> dict[str, Any]:
+        """Wait for the app's ack of ``envelope_id``; return it (it may carry a payload)."""
+        await self._wait(lambda: envelope_id in self.acks, within, f"the ack of {envelope_id}")
+        return self.acks[envelope_id]
+
+    # --- event builders --------------------------------------------------------------
+
+    def next_user_ts(self) -> str:
+        return f"1700000000.{next(self._ts):06d}"
+
+    def message(
+        self,
+        text: str,
+        *,
+        channel: str = "C1",
+        user: str = "U1",
+        ts: str | None = None,
+        thread_ts: str | None = None,
+        channel_type: str = "channel",
+        **extra: Any,
+    ) -> dict[str, Any]:
+        """A ``message`` event (``channel_type`` "im" for a DM)."""
+        event: dict[str, Any] = {
+            "type": "message",
+            "channel": channel,
+            "user": user,
+            "text": text,
+            "ts": ts or self.next_user_ts(),
+            "team": self.team_id,
+            "channel_type": channel_type,
+            "event_ts": "",
+        }
+        if thread_ts is not None:
+            event["thread_ts"] = thread_ts
+        event.update(extra)
+        event["event_ts"] = event["ts"]
+        return event
+
+    def mention(
+        self,
+        text: str,
+        *,
+        channel: str = "C1",
+        user: str = "U1",
+        ts: str | None = None,
+        thread_ts: str | None = None,
+        **extra: Any,
+    ) -> dict[str, Any]:
+        """An ``app_mention`` event whose text starts with the bot's mention."""
+        event: dict[str, Any] = {
+            "type": "app_mention",
+            "channel": channel,
+            "user": user,
+            "text": f"<@{self.bot_user_id}> {text}",
+            "ts": ts or self.next_user_ts(),
+            "team": self.team_id,
+            "event_ts": "",
+        }
+        if thread_ts is not None:
+            event["thread_ts"] = thread_ts
+        event.update(extra)
+        event["event_ts"] = event["ts"]
+        return event
+
+    # --- helpers ---------------------------------------------------------------------
+
+    async def _wait(self, predicate: Any, within: float, what: str) -> None:
+        async with self._changed:
+            try:
+                await asyncio.wait_for(self._changed.wait_for(predicate), within)
+            except TimeoutError:
+                raise AssertionError(f"fake Slack: timed out waiting for {what}") from None
+
+
+def _error(error: str) -> web.Response:
+    return web.json_response({"ok": False, "error": error})
+
+
+_METHODS = {
+    "auth.test": FakeSlack._auth_test,
+    "chat.postMessage": FakeSlack._post_message,
+    "chat.postEphemeral": FakeSlack._post_ephemeral,
+    "chat.update": FakeSlack._update,
+    "reactions.add": FakeSlack._reaction,
+    "reactions.remove": FakeSlack._reaction,
+    "assistant.threads.setStatus": FakeSlack._set_status,
+    "apps.connections.open": FakeSlack._connections_open,
+}
