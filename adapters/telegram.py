@@ -54,6 +54,7 @@ from telegram.error import (
     TelegramError,
 )
 from telegram.ext import AIORateLimiter, Application, ApplicationBuilder
+from telegram.request import HTTPXRequest
 
 from adapters.base import AdapterState, ChatAdapter
 from adapters.telegram_render import Chunk, render
@@ -76,6 +77,8 @@ TYPING_INTERVAL = 4.0
 #: Flood waits (429 retry_after) the rate limiter sits out before giving up on
 #: one request; the dispatcher then retries the whole reply later.
 SEND_RETRIES = 5
+#: HTTP connections for sending (replies to many chats go out in parallel).
+CONNECTIONS = 64
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 UPDATE_TYPES = [
     "message",
@@ -178,6 +181,7 @@ class TelegramAdapter(ChatAdapter):
         self._offset: int | None = None
         self._confirmed: int | None = None
         self._web: web.AppRunner | None = None
+        self._requests: tuple[HTTPXRequest, ...] = ()
         self._tasks: set[asyncio.Task[None]] = set()
         self._refused_users: set[int] = set()
         #: message id -> chunks already posted, so that a retried reply does not
@@ -194,7 +198,7 @@ class TelegramAdapter(ChatAdapter):
         bot = self._app.bot
         try:
             await self._app.initialize()  # getMe: checks the token
-        except TelegramError as exc:
+        except Exception as exc:
             raise AdapterError(PLATFORM, self._reason(exc)) from None
         self.bot_id = bot.id
         self.username = bot.username
@@ -238,23 +242,42 @@ class TelegramAdapter(ChatAdapter):
                 await app.shutdown()
             except Exception as exc:
                 log.debug("Telegram client shutdown: %s", self._redact(str(exc)))
+        # PTB leaves its HTTP clients open when initialize() failed: we own them.
+        for request in self._requests:
+            await request.shutdown()
+        self._requests = ()
         self.state = AdapterState.STOPPED
 
     async def check(self) -> str:
         """getMe with the configured token, without starting the adapter."""
-        bot = Bot(self._token, base_url=self.config.api_url)
+        requests = (HTTPXRequest(), HTTPXRequest())
+        bot = Bot(
+            self._token,
+            base_url=self.config.api_url,
+            request=requests[0],
+            get_updates_request=requests[1],
+        )
         try:
             async with bot:
                 return f"@{bot.username} (id {bot.id})"
-        except TelegramError as exc:
+        except Exception as exc:
             raise AdapterError(PLATFORM, self._reason(exc)) from None
+        finally:
+            for request in requests:
+                await request.shutdown()
 
     def _build_application(self) -> Application[Any, Any, Any, Any, Any, Any]:
         api_url = self.config.api_url
+        self._requests = (
+            HTTPXRequest(connection_pool_size=CONNECTIONS),
+            HTTPXRequest(connection_pool_size=1),
+        )
         builder = (
             ApplicationBuilder()
             .token(self._token)
             .base_url(api_url)
+            .request(self._requests[0])
+            .get_updates_request(self._requests[1])
             .rate_limiter(_Limiter(max_retries=SEND_RETRIES))
             .updater(None)
         )
