@@ -26,6 +26,8 @@ class Notification:
 
     fields: dict[str, str]
     at: float = field(default_factory=time.monotonic)
+    #: What ``NotifyListener.probe()`` returned when the datagram was read.
+    seen: object = None
 
 
 class NotifyListener:
@@ -34,6 +36,8 @@ class NotifyListener:
     def __init__(self, path: str) -> None:
         self.path = path
         self.received: list[Notification] = []
+        #: Called as each datagram is read, to record what the fakes saw by then.
+        self.probe: Callable[[], object] | None = None
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         bind_to = "\0" + path[1:] if path.startswith("@") else path
         self._sock.bind(bind_to)
@@ -61,7 +65,8 @@ class NotifyListener:
             lines = data.decode().split("\n")
             fields = dict(line.split("=", 1) for line in lines if "=" in line)
             async with self._changed:
-                self.received.append(Notification(fields))
+                seen = self.probe() if self.probe is not None else None
+                self.received.append(Notification(fields, seen=seen))
                 self._changed.notify_all()
 
     def with_key(self, key: str, value: str | None = None) -> list[Notification]:

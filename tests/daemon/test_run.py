@@ -15,6 +15,7 @@ from bridge.model import MessageStatus
 from storage.store import Store
 from tests.daemon.conftest import BridgeProcess, NotifyListener, free_port
 from tests.fakes.agents import FakeAgentServer, thinnest_config_toml
+from tests.fakes.slack import FakeSlack
 from tests.fakes.telegram import ALICE, FakeError, FakeTelegram, private_text
 
 Spawn = Callable[..., BridgeProcess]
@@ -29,6 +30,7 @@ def write_config(
     token: str | None = None,
     http_port: int | None = None,
     grace: float = 10,
+    slack: FakeSlack | None = None,
 ) -> Path:
     text = f'[storage]\nurl = "sqlite+aiosqlite:///{tmp_path / "bridge.db"}"\n\n'
     text += thinnest_config_toml(agents.url) + "\n"
@@ -38,6 +40,13 @@ def write_config(
             f'bot_token = "{token or telegram.token}"\n'
             f'api_url = "{telegram.api_url}"\n'
             'allowed_users = ["*"]\n\n'
+        )
+    if slack is not None:
+        text += (
+            "[slack]\n"
+            f'bot_token = "{slack.bot_token}"\n'
+            f'app_token = "{slack.app_token}"\n'
+            f'api_url = "{slack.api_url}"\n\n'
         )
     text += f"[daemon]\nshutdown_grace = {grace}\n"
     if http_port is not None:
@@ -215,6 +224,52 @@ async def test_healthz_follows_the_telegram_connection_and_metrics_move(
         await telegram.wait_for(lambda: len(telegram.calls_of("getUpdates")) >= polls + 2)
         telegram.push(private_text(ALICE, "are you back?"))
         await eventually(lambda: status_is(200), within=15)
+        assert await stopped(bridge) == 0, bridge.stderr
+
+
+async def test_telegram_and_slack_in_one_loop(
+    tmp_path: Path, spawn: Spawn, notify_socket: NotifyListener
+) -> None:
+    port = free_port()
+    async with (
+        FakeAgentServer() as agents,
+        FakeTelegram() as telegram,
+        FakeSlack() as slack,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http,
+    ):
+        config = write_config(
+            tmp_path, agents=agents, telegram=telegram, slack=slack, http_port=port
+        )
+        notify_socket.probe = lambda: slack.connection_count
+        bridge = await start(spawn, config, notify_socket)
+        [ready] = notify_socket.with_key("READY", "1")
+        assert ready.fields["STATUS"] == "Ready: telegram, slack; 0 resumed"
+        assert ready.seen == 1  # the Socket Mode connection was up before READY
+        assert telegram.calls_of("getMe")
+
+        envelope = await slack.send_event(slack.mention("hello from slack"))
+        await slack.wait_ack(envelope)
+        post = await slack.wait_call("chat.postMessage", within=10)
+        assert "echo: hello from slack" in str(post.args)
+        telegram.push(private_text(ALICE, "hello from telegram"))
+        [reply] = await telegram.wait_sent(chat_id=ALICE.id, within=10)
+        assert reply.params["text"] == "echo: hello from telegram"
+
+        health = (await http.get("/healthz")).json()
+        assert health["adapters"] == {"telegram": "connected", "slack": "connected"}
+
+        # Slack's socket closes and Slack refuses new ones: only slack is named.
+        slack.refuse_connections = True
+        await slack.drop_connections()
+
+        async def slack_down() -> bool:
+            response = await http.get("/healthz")
+            return response.status_code == 503
+
+        await eventually(slack_down)
+        body = (await http.get("/healthz")).json()
+        assert body["problems"] == ["slack: disconnected"]
+        assert body["adapters"]["telegram"] == "connected"
         assert await stopped(bridge) == 0, bridge.stderr
 
 
