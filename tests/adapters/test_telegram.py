@@ -197,6 +197,19 @@ async def test_the_update_is_confirmed_only_after_it_was_committed(
     await tg.wait_sent(ALICE.id)
 
 
+async def test_an_update_delivered_twice_is_answered_once(
+    tg: FakeTelegram, agents: FakeAgentServer, bridge: tuple[Core, TelegramAdapter]
+) -> None:
+    # Telegram sends an update again when the bridge died before confirming it.
+    update = private_text(ALICE, "only once")
+    tg.push(update)
+    tg.push(update)
+    await answered(tg, private_text(ALICE, "after"), ALICE.id)
+    texts = [c.params["text"] for c in await tg.wait_sent(ALICE.id, count=2)]
+    assert texts == ["echo: only once", "echo: after"]
+    assert [c.json["message"] for c in agents.chat_calls] == ["only once", "after"]
+
+
 async def test_a_store_failure_leaves_the_update_unconfirmed_and_it_is_answered_later(
     tg: FakeTelegram,
     agents: FakeAgentServer,

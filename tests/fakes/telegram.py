@@ -297,6 +297,8 @@ class FakeTelegram:
         params = await _read_params(request)
         call = ApiCall(method, params, token)
         self.calls.append(call)
+        async with self._changed:  # a long poll would otherwise be seen only when it ends
+            self._changed.notify_all()
         try:
             if token != self.token:
                 return _error(401, "Unauthorized")
