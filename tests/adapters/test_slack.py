@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import json
 import re
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -278,20 +279,40 @@ async def test_the_ack_comes_after_the_commit_and_before_the_agent(
     assert bridge.replies() == ["echo: slow one"]
 
 
+def rename_table(path: Path, old: str, new: str) -> None:
+    # BEGIN IMMEDIATE: take the write lock up front, so a concurrent write by the
+    # store waits on the busy timeout instead of failing the upgrade at once.
+    db = sqlite3.connect(path, timeout=10, isolation_level=None)
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        db.execute(f"ALTER TABLE {old} RENAME TO {new}")
+        db.execute("COMMIT")
+    finally:
+        db.close()
+
+
 async def test_a_store_failure_leaves_the_event_unacked(
     tmp_path: Path, slack: FakeSlack, agents: FakeAgentServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level("INFO", logger="adapters.slack")
     async with running(make_config(tmp_path, slack, agents), slack) as bridge:
-        await bridge.core.store.close()  # the database goes away
-        envelope = await slack.send_event(slack.mention("lost?"))
+        # The inbox becomes unwritable (as on a full disk or a broken database).
+        # In a thread: the store's own transaction must be able to finish meanwhile.
+        await asyncio.to_thread(rename_table, tmp_path / "bridge.db", "messages", "messages_away")
+        envelope_event = slack.mention("lost?")
+        envelope = await slack.send_event(envelope_event, event_id="EvLost")
         await wait_until(lambda: any("not acknowledging" in r.message for r in caplog.records))
         # An event sent after the failure was handled is acked: the socket works, and
         # the failed envelope never was.
         probe = await slack.send_event(slack.message("x", subtype="message_deleted"))
         await slack.wait_ack(probe)
         assert not slack.acked(envelope)  # Slack will deliver it again
-    assert agents.chat_calls == []
+        await asyncio.to_thread(rename_table, tmp_path / "bridge.db", "messages_away", "messages")
+        # The redelivery, once the database is back, is accepted and answered.
+        await bridge.deliver(
+            envelope_event, event_id="EvLost", retry_attempt=1, retry_reason="timeout"
+        )
+    assert bridge.replies() == ["echo: lost?"]
 
 
 # --- not answered ---------------------------------------------------------------------
