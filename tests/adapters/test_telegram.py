@@ -218,7 +218,7 @@ async def test_a_store_failure_leaves_the_update_unconfirmed_and_it_is_answered_
 ) -> None:
     core, _ = bridge
     real_submit = core.dispatcher.submit
-    failures = []
+    failures: list[Any] = []
 
     async def flaky_submit(msg: Any) -> bool:
         if not failures:
@@ -328,7 +328,7 @@ async def test_forum_topics_are_separate_conversations_answered_in_their_topic(
     sessions = agents.sessions
     t77 = await core.dispatcher.conversation(key(FORUM_ID, 77))
     t88 = await core.dispatcher.conversation(key(FORUM_ID, 88))
-    assert t77 is not None and t88 is not None
+    assert t77 is not None and t88 is not None and t77.session_id is not None
     assert t77.turns == 2 and t88.turns == 1
     assert sessions[t77.session_id] == ["in topic 77", "again 77"]
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import random
 
-from adapters.telegram_render import EMPTY_REPLY, render, render_plain, utf16_len
+from adapters.telegram_render import EMPTY_REPLY, Chunk, render, render_plain, utf16_len
 
 
-def check_chunks(chunks: list) -> None:
+def check_chunks(chunks: list[Chunk]) -> None:
     """What Telegram itself would check."""
     for chunk in chunks:
         size = utf16_len(chunk.text)

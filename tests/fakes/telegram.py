@@ -399,10 +399,12 @@ class FakeTelegram:
         if problem is not None:
             return _error(400, f"Bad Request: can't parse entities: {problem}")
         chat_id = params.get("chat_id")
+        if not isinstance(chat_id, int):
+            return _error(400, "Bad Request: chat not found")
         message: dict[str, Any] = {
             "message_id": next(self._message_ids) + 100000,
             "date": int(time.time()),
-            "chat": {"id": chat_id, "type": "private" if int(chat_id) > 0 else "supergroup"},
+            "chat": {"id": chat_id, "type": "private" if chat_id > 0 else "supergroup"},
             "from": self.bot.to_dict(),
             "text": text,
         }
