@@ -523,8 +523,9 @@ class SlackAdapter(ChatAdapter):
         text = slack_to_text(self._mention.sub("", raw)).strip()
         agent = self.config.channel_agents.get(channel, self.config.agent)
         if text.lower() in RESET_WORDS:
-            if self._seen_notes.add(message_id):
-                await self.dispatcher.reset(key, agent)
+            if message_id not in self._seen_notes:
+                await self.dispatcher.reset(key, agent)  # StorageError: no ack, Slack retries
+                self._seen_notes.add(message_id)
                 log.info("Slack conversation %s reset by %s", key, user)
                 self._spawn(self._post_note(key, TEXT_RESET))
             return
@@ -676,7 +677,7 @@ class SlackAdapter(ChatAdapter):
                 return True
             log.debug("Slack reaction failed: %s", error)
             return False
-        except (aiohttp.ClientError, TimeoutError, SlackClientError) as exc:
+        except Exception as exc:  # only the indicator is lost; never the reply
             log.debug("Slack reaction failed: %s", type(exc).__name__)
             return False
         return True
