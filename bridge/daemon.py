@@ -154,11 +154,18 @@ class Daemon:
                 await self._drain()
                 self._set_status("Stopping: closing the connections")
         except BridgeError as exc:
+            # An expected failure (bad token, database unreachable...): the reason
+            # in one line, no traceback.
             reason = " ".join(str(exc).split())
             if self.phase is Phase.STARTING:
                 log.error("cannot start: %s", reason)
             else:
                 log.error("stopped on an error: %s", reason)
+            return EXIT_FAILED
+        except Exception:
+            # A bug: everything opened is closed by now; keep the traceback.
+            what = "cannot start" if self.phase is Phase.STARTING else "stopped"
+            log.critical("%s: unexpected error", what, exc_info=True)
             return EXIT_FAILED
         log.info("stopped")
         return EXIT_OK

@@ -289,6 +289,22 @@ async def test_a_bad_token_fails_the_start_in_one_line(
     assert notify_socket.with_key("READY") == []
 
 
+async def test_an_unusable_database_fails_the_start_in_one_line(
+    tmp_path: Path, spawn: Spawn
+) -> None:
+    async with FakeAgentServer() as agents, FakeTelegram() as telegram:
+        config = write_config(tmp_path, agents=agents, telegram=telegram)
+        text = config.read_text().replace(str(tmp_path / "bridge.db"), "/nonexistent/dir/bridge.db")
+        config.write_text(text)
+        bridge = spawn(config)
+        await bridge.start()
+        assert await bridge.wait() == 1
+    assert "Traceback" not in bridge.stderr
+    [line] = [line for line in bridge.stderr_lines if "cannot start" in line]
+    assert "storage.url" in line and "/nonexistent/dir" in line
+    assert telegram.calls == []  # the store opens first; nothing else was started
+
+
 async def test_no_chat_platform_exits_2_naming_the_sections(tmp_path: Path, spawn: Spawn) -> None:
     async with FakeAgentServer() as agents:
         config = write_config(tmp_path, agents=agents, telegram=None)
