@@ -1,0 +1,93 @@
+"""`agent-bridge run` with a ``[slack]`` section, as a real subprocess (``python -m bridge
+run``) against `FakeSlack` and `FakeAgentServer` in this process: mentions are answered in
+their thread with one agent session per thread, DMs top-level; a bridge killed (SIGKILL)
+while the agent works answers the message after its restart, once."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+from tests.daemon.conftest import REPO, BridgeProcess
+from tests.fakes.agents import FakeAgentServer, thinnest_config_toml
+from tests.fakes.slack import FakeSlack
+
+
+def write_config(tmp_path: Path, slack: FakeSlack, agents: FakeAgentServer) -> Path:
+    path = tmp_path / "agent-bridge.toml"
+    path.write_text(
+        "[storage]\n"
+        f'url = "sqlite+aiosqlite:///{tmp_path}/bridge.db"\n\n'
+        f"{thinnest_config_toml(agents.url)}\n"
+        "[slack]\n"
+        'bot_token = "${SLACK_BOT_TOKEN}"\n'
+        'app_token = "${SLACK_APP_TOKEN}"\n'
+        f'api_url = "{slack.api_url}"\n',
+        encoding="utf-8",
+    )
+    return path
+
+
+def env_for(slack: FakeSlack) -> dict[str, str]:
+    systemd = {"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM"}
+    env = {k: v for k, v in os.environ.items() if k not in systemd}
+    env["PYTHONPATH"] = str(REPO)
+    env["PYTHONUNBUFFERED"] = "1"
+    env["SLACK_BOT_TOKEN"] = slack.bot_token
+    env["SLACK_APP_TOKEN"] = slack.app_token
+    return env
+
+
+async def test_run_answers_threads_and_dms_and_survives_a_kill(tmp_path: Path) -> None:
+    async with FakeSlack() as slack, FakeAgentServer() as agents:
+        config = write_config(tmp_path, slack, agents)
+        first = BridgeProcess(config, env_for(slack))
+        second = BridgeProcess(config, env_for(slack))
+        try:
+            await first.start()
+            try:
+                await slack.wait_connected(1, within=30)
+            except AssertionError:
+                raise AssertionError(first.stderr) from None
+
+            root = slack.mention("first question")
+            await slack.wait_ack(await slack.send_event(root))
+            await slack.wait_call("chat.postMessage", 1, within=15)
+            await slack.send_event(slack.message("follow-up", thread_ts=root["ts"]))
+            await slack.wait_call("chat.postMessage", 2, within=15)
+            await slack.send_event(slack.message("in a dm", channel="D1", channel_type="im"))
+            await slack.wait_call("chat.postMessage", 3, within=15)
+
+            # Killed while the agent works on an acked message: only the store has it.
+            agents.hold()
+            pending = slack.mention("survive this")
+            await slack.wait_ack(await slack.send_event(pending), within=15)
+            await agents.wait_for_calls(4, within=15)
+            first.signal(signal.SIGKILL)
+            assert await first.wait() == -signal.SIGKILL
+            assert len(slack.calls_to("chat.postMessage")) == 3
+
+            await second.start()
+            await slack.wait_connected(2, within=30)
+            await agents.wait_for_calls(5, within=15)  # resumed from the store
+            agents.release()
+            await slack.wait_call("chat.postMessage", 4, within=15)
+            second.signal(signal.SIGTERM)
+            assert await second.wait() == 0, second.stderr
+        finally:
+            await first.kill()
+            await second.kill()
+
+    posts = slack.calls_to("chat.postMessage")
+    assert [(p.args.get("thread_ts"), p.args["markdown_text"]) for p in posts] == [
+        (root["ts"], "echo: first question"),
+        (root["ts"], "echo: follow-up"),
+        (None, "echo: in a dm"),
+        (pending["ts"], "echo: survive this"),
+    ]
+    sessions = [c.json.get("session_id") for c in agents.chat_calls]
+    assert sessions[:3] == [None, "sess-1", None]  # the thread kept its session
+    assert [c.json["message"] for c in agents.chat_calls][3:] == ["survive this"] * 2
+    for secret in (slack.bot_token, slack.app_token):
+        assert secret not in first.stderr + second.stderr
