@@ -53,7 +53,7 @@ from telegram.error import (
     RetryAfter,
     TelegramError,
 )
-from telegram.ext import AIORateLimiter, Application, ApplicationBuilder
+from telegram.ext import AIORateLimiter, Application, ApplicationBuilder, ExtBot
 from telegram.request import HTTPXRequest
 
 from adapters.base import AdapterState, ChatAdapter
@@ -286,10 +286,11 @@ class TelegramAdapter(ChatAdapter):
         return builder.build()
 
     @property
-    def _bot(self) -> Any:
+    def _bot(self) -> ExtBot[Any]:
         if self._app is None:
             raise AdapterError(PLATFORM, "the adapter is not started")
-        return self._app.bot
+        bot: ExtBot[Any] = self._app.bot
+        return bot
 
     # --- receiving: long polling -----------------------------------------------------
 
