@@ -14,7 +14,7 @@ import httpx
 from bridge.model import MessageStatus
 from storage.store import Store
 from tests.daemon.conftest import BridgeProcess, NotifyListener, free_port
-from tests.fakes.agents import FakeAgentServer, thinnest_config_toml
+from tests.fakes.agents import FAKE_API_KEY, FakeAgentServer, thinnest_config_toml
 from tests.fakes.slack import FakeSlack
 from tests.fakes.telegram import ALICE, FakeError, FakeTelegram, private_text
 
@@ -148,6 +148,28 @@ async def test_sigterm_lets_the_call_in_flight_finish_and_keeps_the_rest(
         assert await unfinished(tmp_path) == []
 
 
+async def test_a_call_outlasting_the_grace_period_is_resumed_at_the_next_start(
+    tmp_path: Path, spawn: Spawn, notify_socket: NotifyListener
+) -> None:
+    async with FakeAgentServer() as agents, FakeTelegram() as telegram:
+        config = write_config(tmp_path, agents=agents, telegram=telegram, grace=0.5)
+        bridge = await start(spawn, config, notify_socket)
+        agents.hold()
+        telegram.push(private_text(ALICE, "slow one"))
+        await agents.wait_for_calls(1, within=10)
+
+        assert await stopped(bridge) == 0, bridge.stderr  # after the 0.5 s grace
+        assert telegram.sent(chat_id=ALICE.id) == []
+        [(text, status)] = await unfinished(tmp_path)
+        assert (text, status) == ("slow one", MessageStatus.RUNNING)
+
+        agents.release()
+        bridge = await start(spawn, config, notify_socket)
+        [reply] = await telegram.wait_sent(chat_id=ALICE.id, within=15)
+        assert reply.params["text"] == "echo: slow one"
+        assert await stopped(bridge) == 0, bridge.stderr
+
+
 async def test_a_second_signal_exits_at_once_losing_nothing(
     tmp_path: Path, spawn: Spawn, notify_socket: NotifyListener
 ) -> None:
@@ -271,6 +293,10 @@ async def test_telegram_and_slack_in_one_loop(
         assert body["problems"] == ["slack: disconnected"]
         assert body["adapters"]["telegram"] == "connected"
         assert await stopped(bridge) == 0, bridge.stderr
+    # At the default log level: no token, no message text.
+    for secret in (telegram.token, slack.bot_token, slack.app_token, FAKE_API_KEY):
+        assert secret not in bridge.stderr
+    assert "hello from" not in bridge.stderr
 
 
 async def test_a_bad_token_fails_the_start_in_one_line(
