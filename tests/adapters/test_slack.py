@@ -18,6 +18,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from pydantic import SecretStr
 
 from adapters.base import AdapterState
 from adapters.slack import MARKDOWN_LIMIT, TEXT_FILES, TEXT_REFUSED, TEXT_RESET, SlackAdapter
@@ -378,7 +379,9 @@ async def test_slack_connect_user_from_another_team_is_refused_unless_listed(
         outsider = slack.mention("let me in", user="UEXT", user_team="T0OTHER")
         await bridge.deliver(outsider)
         note = await slack.wait_call("chat.postEphemeral")
-        refused = bridge.core.metrics.refused.labels("slack")._value.get()
+        refused = bridge.core.metrics.registry.get_sample_value(
+            "agent_bridge_messages_refused_total", {"platform": "slack"}
+        )
     assert note.args["user"] == "UEXT" and note.args["text"] == TEXT_REFUSED
     assert note.args["thread_ts"] == outsider["ts"]
     assert agents.chat_calls == [] and bridge.posts() == []
@@ -579,6 +582,18 @@ async def test_bad_tokens_fail_start_with_the_reason(
     with pytest.raises(AdapterError, match="app-level token"):
         async with running(config, slack):
             pass
+
+
+async def test_check_names_the_bot_or_the_token_problem(
+    tmp_path: Path, slack: FakeSlack, agents: FakeAgentServer
+) -> None:
+    config = make_config(tmp_path, slack, agents)
+    assert config.slack is not None
+    adapter = SlackAdapter(dispatcher=None, config=config.slack)  # type: ignore[arg-type]
+    assert await adapter.check() == f"bot @agent-bridge ({BOT_USER_ID}) in Fake Team ({TEAM_ID})"
+    bad = config.slack.model_copy(update={"bot_token": SecretStr("xoxb-nope")})
+    with pytest.raises(AdapterError, match=r"invalid_auth: check slack\.bot_token"):
+        await SlackAdapter(dispatcher=None, config=bad).check()  # type: ignore[arg-type]
 
 
 async def test_disconnect_and_lost_connection_reconnect_and_state_follows(
