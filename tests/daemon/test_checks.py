@@ -120,3 +120,20 @@ async def test_unreachable_platform_is_one_line(tmp_path: Path) -> None:
     assert telegram_result.detail.startswith("cannot connect: ConnectError")
     assert "\n" not in telegram_result.detail
     assert "AAfake" not in telegram_result.detail
+
+
+async def test_an_unusable_database_is_named(tmp_path: Path) -> None:
+    async with FakeAgentServer() as agents:
+        config = make_config(tmp_path, agents=agents)
+        broken = config.model_copy(
+            update={
+                "storage": config.storage.model_copy(
+                    update={"url": "sqlite+aiosqlite:////nonexistent/dir/bridge.db"}
+                )
+            }
+        )
+        results = await live_checks(broken)
+    storage = by_item(results)["storage"]
+    assert not storage.ok
+    assert storage.detail.startswith("storage.url: ")
+    assert by_item(results)["agents.default"].ok
