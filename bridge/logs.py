@@ -41,6 +41,11 @@ _SECRET_PATTERNS = [
     # thinnest platform keys, and any bearer credential in a header dump
     re.compile(r"\bthns_sk_[A-Za-z0-9_-]+"),
     re.compile(r"(?i)(?<=bearer )[A-Za-z0-9._~+/=-]+"),
+    # thinnest agent keys
+    re.compile(r"\bak_[A-Za-z0-9_]{16,}"),
+    # Slack's Socket Mode URL carries a short-lived ticket; slack_sdk logs the URL
+    # at ERROR when a connection fails.
+    re.compile(r"(?<=ticket=)[^&\s'\"]+"),
 ]
 REDACTED = "[redacted]"
 

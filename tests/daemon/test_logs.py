@@ -67,14 +67,24 @@ def test_tokens_are_redacted_everywhere() -> None:
     log.info("GET https://api.telegram.org/bot%s/getUpdates", TELEGRAM_TOKEN)
     log.info("auth with " + SLACK_BOT + " and " + SLACK_APP)
     log.info("headers", extra={"authorization": "Bearer sk-live-abcdef0123456789"})
+    log.error("failed to connect to wss://wss.slack.com/link/?ticket=5f3a9c0e-tkt&app_id=A1")
+    log.info("agent key ak_live_0123456789abcdef rejected")
     try:
         raise RuntimeError(f"connect failed for https://api.telegram.org/bot{TELEGRAM_TOKEN}/getMe")
     except RuntimeError:
         log.exception("request failed")
     out = stream.getvalue()
-    for secret in (TELEGRAM_TOKEN, SLACK_BOT, SLACK_APP, "sk-live-abcdef0123456789"):
+    for secret in (
+        TELEGRAM_TOKEN,
+        SLACK_BOT,
+        SLACK_APP,
+        "sk-live-abcdef0123456789",
+        "5f3a9c0e-tkt",
+        "ak_live_0123456789abcdef",
+    ):
         assert secret not in out
-    assert out.count("[redacted]") >= 5
+    assert out.count("[redacted]") >= 7
+    assert "ticket=[redacted]&app_id=A1" in out
     assert "https://api.telegram.org/bot[redacted]/getUpdates" in out
 
 
