@@ -623,7 +623,7 @@ def _check_sqlite_folder(url: URL) -> None:
     database = url.database or ""
     if _is_memory(url) or database.startswith("file:"):
         return
-    folder = Path(database).expanduser().absolute().parent
+    folder = Path(database).absolute().parent
     if not folder.is_dir():
         raise StorageError(
             f"storage.url: the folder {folder} for the SQLite database does not exist; "
