@@ -229,7 +229,13 @@ class Dispatcher:
             return False
         self._scheduled.add(message.id)
         queue = self._queues.setdefault(message.conversation_id, collections.deque())
-        queue.append(message)
+        # Arrival order is inbox id order. resume() runs after the adapters have
+        # connected, so a message from the previous run can be scheduled after a
+        # newer one of the same conversation: put it back in its place.
+        position = len(queue)
+        while position and queue[position - 1].id > message.id:
+            position -= 1
+        queue.insert(position, message)
         self.metrics.queue_depth.set(self.queue_depth)
         if message.conversation_id not in self._workers:
             self._workers[message.conversation_id] = asyncio.create_task(

@@ -342,3 +342,24 @@ async def test_unexpected_adapter_less_platform_waits_in_store(
     async with running(config) as (core, _):
         assert await core.dispatcher.resume() == 0
         assert [m.text for m in await core.store.unfinished()] == ["hi"]
+
+
+async def test_resumed_message_is_answered_before_a_newer_one_of_its_conversation(
+    tmp_path: Path, agents: FakeAgentServer
+) -> None:
+    config = make_config(tmp_path, agents.url)
+    async with Store(config.storage.url) as store:
+        assert await store.accept(msg("older")) is not None
+    async with running(config) as (core, adapter):
+        agents.hold()
+        # A slow call in the same conversation keeps the worker busy, so both the
+        # newer message and the resumed older one wait in its queue.
+        other = await core.store.accept(msg("first"))
+        assert other is not None
+        core.dispatcher._schedule(other)
+        await agents.wait_for_calls(1)
+        await core.dispatcher.submit(msg("newer"))
+        await core.dispatcher.resume()
+        agents.release()
+        texts = await adapter.wait_replies(3)
+        assert texts.index("echo: older") < texts.index("echo: newer")
