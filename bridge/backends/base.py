@@ -49,14 +49,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC
-from typing import Any, NoReturn
+from typing import Any, Generic, NoReturn, TypeVar
 
 import httpx
 from pydantic import SecretStr
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
 from bridge import __version__
-from bridge.config import MessagesConfig
+from bridge.config import MessagesConfig, PeakaAgentConfig, ThinnestAgentConfig
 from bridge.errors import (
     AgentBadReply,
     AgentError,
@@ -181,7 +181,11 @@ _EXPIRED_WORDS = re.compile(
 _AGENT_WORDS = re.compile(r"\b(agent|project)", re.IGNORECASE)
 
 
-class HttpAgentBackend(AgentBackend):
+#: The config of an agent reached over HTTP: each backend class takes its own.
+C = TypeVar("C", bound=ThinnestAgentConfig | PeakaAgentConfig)
+
+
+class HttpAgentBackend(AgentBackend, Generic[C]):
     """An agent reached over HTTP with a Bearer key, on the shared client.
 
     Subclasses implement `build_request()`, `parse_reply()` and `probe_request()`,
@@ -195,19 +199,18 @@ class HttpAgentBackend(AgentBackend):
     def __init__(
         self,
         name: str,
+        config: C,
         *,
-        api_key: SecretStr,
-        timeout: float,
-        max_retry_wait: float,
         messages: MessagesConfig,
         client: httpx.AsyncClient,
         sleep: Sleep = asyncio.sleep,
         backoff_base: float = BACKOFF_BASE,
     ) -> None:
         self.name = name
-        self._api_key = api_key
-        self.timeout = timeout
-        self.max_retry_wait = max_retry_wait
+        self.config = config
+        self._api_key: SecretStr = config.api_key
+        self.timeout = config.timeout
+        self.max_retry_wait = config.max_retry_wait
         self.messages = messages
         self._client = client
         self._sleep = sleep

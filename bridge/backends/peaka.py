@@ -20,7 +20,6 @@ the answer names if it names one.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from collections.abc import Mapping, Sequence
@@ -30,13 +29,11 @@ from urllib.parse import quote
 import httpx
 
 from bridge.backends.base import (
-    BACKOFF_BASE,
     AgentRequest,
     HttpAgentBackend,
     ReplyFormatError,
-    Sleep,
 )
-from bridge.config import MessagesConfig, PeakaAgentConfig
+from bridge.config import PeakaAgentConfig
 from bridge.model import AgentReply, Usage
 
 #: Rows and columns shown of a query result, and characters per cell.
@@ -48,33 +45,17 @@ _TEXT_FIELDS = ("message", "response", "answer", "text")
 _AI_TYPES = frozenset({"ai", "aimessage", "aimessagechunk", "assistant"})
 
 
-class PeakaBackend(HttpAgentBackend):
+class PeakaBackend(HttpAgentBackend[PeakaAgentConfig]):
     kind = "peaka"
 
-    def __init__(
-        self,
-        name: str,
-        config: PeakaAgentConfig,
-        *,
-        messages: MessagesConfig,
-        client: httpx.AsyncClient,
-        sleep: Sleep = asyncio.sleep,
-        backoff_base: float = BACKOFF_BASE,
-    ) -> None:
-        super().__init__(
-            name,
-            api_key=config.api_key,
-            timeout=config.timeout,
-            max_retry_wait=config.max_retry_wait,
-            messages=messages,
-            client=client,
-            sleep=sleep,
-            backoff_base=backoff_base,
-        )
-        self.project_id = config.project_id
-        self.no_execute = config.no_execute
-        base = config.effective_base_url.rstrip("/")
-        self._project_url = f"{base}/ai-agent/{quote(config.project_id, safe='')}"
+    @property
+    def project_id(self) -> str:
+        return self.config.project_id
+
+    @property
+    def _project_url(self) -> str:
+        base = self.config.effective_base_url.rstrip("/")
+        return f"{base}/ai-agent/{quote(self.config.project_id, safe='')}"
 
     def __repr__(self) -> str:
         return f"PeakaBackend(name={self.name!r}, project_id={self.project_id!r})"
@@ -84,7 +65,7 @@ class PeakaBackend(HttpAgentBackend):
 
     def build_request(self, message: str, session_id: str | None) -> AgentRequest:
         thread_id = session_id if session_id is not None else self.new_session_id()
-        body = {"message": message, "threadId": thread_id, "noExecute": self.no_execute}
+        body = {"message": message, "threadId": thread_id, "noExecute": self.config.no_execute}
         return AgentRequest(f"{self._project_url}/chat", body)
 
     def parse_reply(self, data: Any, sent_session_id: str | None) -> AgentReply:

@@ -9,51 +9,32 @@ omitting ``session_id`` starts a session, whose id the answer names:
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 
 from bridge.backends.base import (
-    BACKOFF_BASE,
     AgentRequest,
     HttpAgentBackend,
     ReplyFormatError,
-    Sleep,
     require_text,
 )
-from bridge.config import MessagesConfig, ThinnestAgentConfig
+from bridge.config import ThinnestAgentConfig
 from bridge.model import AgentReply, Usage
 
 
-class ThinnestBackend(HttpAgentBackend):
+class ThinnestBackend(HttpAgentBackend[ThinnestAgentConfig]):
     kind = "thinnest"
 
-    def __init__(
-        self,
-        name: str,
-        config: ThinnestAgentConfig,
-        *,
-        messages: MessagesConfig,
-        client: httpx.AsyncClient,
-        sleep: Sleep = asyncio.sleep,
-        backoff_base: float = BACKOFF_BASE,
-    ) -> None:
-        super().__init__(
-            name,
-            api_key=config.api_key,
-            timeout=config.timeout,
-            max_retry_wait=config.max_retry_wait,
-            messages=messages,
-            client=client,
-            sleep=sleep,
-            backoff_base=backoff_base,
-        )
-        self.agent_id = config.agent_id
-        self._agent_url = (
-            f"{config.base_url.rstrip('/')}/v1/agents/{quote(config.agent_id, safe='')}"
-        )
+    @property
+    def agent_id(self) -> str:
+        return self.config.agent_id
+
+    @property
+    def _agent_url(self) -> str:
+        base = self.config.base_url.rstrip("/")
+        return f"{base}/v1/agents/{quote(self.config.agent_id, safe='')}"
 
     def __repr__(self) -> str:
         return f"ThinnestBackend(name={self.name!r}, agent_id={self.agent_id!r})"
