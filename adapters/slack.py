@@ -54,9 +54,10 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.base import AdapterState, ChatAdapter
 from adapters.text import split_markdown
-from bridge.config import SlackConfig, split_listen
+from bridge.config import SlackConfig
 from bridge.errors import AdapterError, StorageError
 from bridge.model import ConversationKey, InboxMessage, IncomingMessage, Reply
+from bridge.web import ListenError, serve
 
 if TYPE_CHECKING:
     from bridge.dispatcher import Dispatcher
@@ -395,17 +396,12 @@ class SlackAdapter(ChatAdapter):
                 self.state = new
 
     async def _serve_http(self) -> None:
-        host, port = split_listen(self.config.listen)
         webapp = web.Application()
         webapp.router.add_post(self.config.path, self._on_http)
-        self._runner = web.AppRunner(webapp, handle_signals=False, access_log=None)
-        await self._runner.setup()
         try:
-            await web.TCPSite(self._runner, host, port).start()
-        except OSError as exc:
-            raise AdapterError(
-                PLATFORM, f"cannot listen on {self.config.listen}: {exc.strerror or exc}"
-            ) from None
+            self._runner = await serve(webapp, self.config.listen)
+        except ListenError as exc:
+            raise AdapterError(PLATFORM, str(exc)) from None
 
     async def _on_http(self, request: web.Request) -> web.Response:
         assert self._app is not None

@@ -58,9 +58,10 @@ from telegram.request import HTTPXRequest
 
 from adapters.base import AdapterState, ChatAdapter
 from adapters.telegram_render import Chunk, render
-from bridge.config import TelegramConfig, split_listen
+from bridge.config import TelegramConfig
 from bridge.errors import AdapterError, StorageError
 from bridge.model import ConversationKey, InboxMessage, IncomingMessage, Reply
+from bridge.web import ListenError, serve
 
 if TYPE_CHECKING:
     from bridge.dispatcher import Dispatcher
@@ -377,16 +378,10 @@ class TelegramAdapter(ChatAdapter):
         path = urlsplit(url).path or "/"
         app = web.Application()
         app.router.add_post(path, self._on_webhook)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        self._web = runner
-        host, port = split_listen(self.config.listen)
         try:
-            await web.TCPSite(runner, host, port).start()
-        except OSError as exc:
-            raise AdapterError(
-                PLATFORM, f"cannot listen on {self.config.listen}: {exc.strerror or exc}"
-            ) from None
+            self._web = await serve(app, self.config.listen)
+        except ListenError as exc:
+            raise AdapterError(PLATFORM, str(exc)) from None
         try:
             await self._bot.set_webhook(
                 url=url,

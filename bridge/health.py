@@ -27,6 +27,7 @@ from aiohttp import web
 from bridge.config import split_listen
 from bridge.errors import BridgeError
 from bridge.metrics import CONTENT_TYPE, Metrics
+from bridge.web import ListenError, serve
 
 log = logging.getLogger("bridge.health")
 
@@ -73,6 +74,7 @@ class HealthServer:
         adapters: Sequence[_Adapter],
         metrics: Metrics,
     ) -> None:
+        self.listen = listen
         self.host, self.port = split_listen(listen)
         self.store = store
         self.dispatcher = dispatcher
@@ -99,19 +101,11 @@ class HealthServer:
         app = web.Application()
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/metrics", self._metrics)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
         try:
-            site = web.TCPSite(runner, self.host, self.port)
-            await site.start()
-        except OSError as exc:
-            await runner.cleanup()
-            reason = exc.strerror or str(exc)
-            raise HealthServerError(
-                f"daemon.http_listen: cannot listen on {self.host}:{self.port}: {reason}"
-            ) from exc
-        self._runner = runner
-        log.info("serving /healthz and /metrics on http://%s:%d", self.host, self.port)
+            self._runner = await serve(app, self.listen)
+        except ListenError as exc:
+            raise HealthServerError(f"daemon.http_listen: {exc}") from exc
+        log.info("serving /healthz and /metrics on http://%s", self.listen)
 
     async def stop(self) -> None:
         if self._runner is not None:
