@@ -280,6 +280,9 @@ class Dispatcher:
             reply = Reply(message.reply_text, error_kind=message.error_kind)
         else:
             reply = await self._answer(adapter, message)
+            # Stored before it is posted: a crash from here on re-posts it at the
+            # next start instead of asking (and billing) the agent again.
+            await self._store.save_reply(message.id, reply.text, error_kind=reply.error_kind)
         await self._deliver(adapter, message, reply)
 
     async def _answer(self, adapter: ChatAdapter, message: InboxMessage) -> Reply:
@@ -289,12 +292,10 @@ class Dispatcher:
                 message.id,
                 message.attempts,
             )
-            reply = Reply(self.messages.render("internal_error"), error_kind="interrupted")
-            await self._store.save_reply(message.id, reply.text, error_kind=reply.error_kind)
-            return reply
+            return Reply(self.messages.render("internal_error"), error_kind="interrupted")
         if len(message.text) > self._config.max_input_chars:
             self.note_refused(message.key.platform)
-            reply = Reply(
+            return Reply(
                 self.messages.render(
                     "input_too_long",
                     length=len(message.text),
@@ -302,8 +303,6 @@ class Dispatcher:
                 ),
                 error_kind="input_too_long",
             )
-            await self._store.save_reply(message.id, reply.text, error_kind=reply.error_kind)
-            return reply
         await self._store.mark_running(message.id)
         self._in_flight += 1
         self.metrics.in_flight.set(self._in_flight)
@@ -313,7 +312,6 @@ class Dispatcher:
         finally:
             self._in_flight -= 1
             self.metrics.in_flight.set(self._in_flight)
-        await self._store.save_reply(message.id, reply.text, error_kind=reply.error_kind)
         return reply
 
     async def _ask_agent(self, message: InboxMessage) -> Reply:
