@@ -62,6 +62,7 @@ from typing import Any, Literal, Self
 from aiohttp import web
 
 from bridge.config import PeakaAgentConfig, ThinnestAgentConfig
+from tests.fakes.loopback import serve_loopback
 
 FAKE_API_KEY = "ak_fake_test_key_1234567890"
 FAKE_AGENT_ID = "ag_fake"
@@ -202,12 +203,8 @@ class FakeAgentServer:
         app.router.add_get("/v1/agents/{agent_id}", self._thinnest_probe)
         app.router.add_post("/ai-agent/{project_id}/chat", self._peaka_chat)
         app.router.add_get("/ai-agent/{project_id}/threads", self._peaka_probe)
-        self._runner = web.AppRunner(app, shutdown_timeout=1.0, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = self._runner.addresses[0][:2]
-        self.url = f"http://{host}:{port}"
+        self._runner, port = await serve_loopback(app)
+        self.url = f"http://127.0.0.1:{port}"
 
     async def close(self) -> None:
         # Wake every delayed or held handler so that shutdown does not wait for them.

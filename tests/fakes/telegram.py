@@ -53,6 +53,8 @@ from typing import Any, Self
 import aiohttp
 from aiohttp import web
 
+from tests.fakes.loopback import serve_loopback
+
 FAKE_TOKEN = "123456789:AAfakeTelegramTokenForTests_x1y2z3"
 BOT_ID = 123456789
 BOT_USERNAME = "bridge_test_bot"
@@ -181,12 +183,8 @@ class FakeTelegram:
         app = web.Application()
         app.router.add_post("/bot{token}/{method}", self._handle)
         app.router.add_get("/bot{token}/{method}", self._handle)
-        self._runner = web.AppRunner(app, shutdown_timeout=1.0, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = self._runner.addresses[0][:2]
-        self.url = f"http://{host}:{port}"
+        self._runner, port = await serve_loopback(app)
+        self.url = f"http://127.0.0.1:{port}"
 
     async def close(self) -> None:
         self._closing.set()
