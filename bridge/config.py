@@ -436,7 +436,7 @@ def _clean_loc(loc: tuple[Any, ...]) -> tuple[str, ...]:
     for i, part in enumerate(loc):
         if i == 2 and loc[0] == "agents" and part in BACKENDS:
             continue
-        if part in ("int", "str", "function-after[_users(), list[union[int,str]]]"):
+        if part in ("int", "str"):
             continue
         out.append(str(part))
     return tuple(out)
