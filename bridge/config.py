@@ -86,6 +86,14 @@ class StorageConfig(_Section):
     url: str = Field(DEFAULT_STORAGE_URL, repr=False)
     #: Days after which the text of finished messages is erased.
     retention_days: float = Field(7, gt=0)
+    #: Seconds without a heartbeat after which an instance counts as dead and
+    #: its conversations (and its Telegram polling) are taken over by another.
+    #: Shorter: faster takeover after a crash; longer: rides out longer
+    #: database outages without a second instance stepping in.
+    lease_timeout: float = Field(30, ge=1)
+    #: Seconds between looks for claimable work when no notification came
+    #: (PostgreSQL LISTEN/NOTIFY wakes instances at once; this is the fallback).
+    poll_interval: float = Field(2, gt=0)
 
     @property
     def display_url(self) -> str:
@@ -190,6 +198,8 @@ class DispatcherConfig(_Section):
     max_concurrency: int = Field(64, ge=1)
     #: Longer input gets a clear message instead of an agent call.
     max_input_chars: int = Field(16000, ge=1)
+    #: A longer agent reply is cut there, with a note saying so.
+    max_reply_chars: int = Field(40000, ge=100)
 
 
 class TelegramConfig(_Section):
@@ -247,6 +257,8 @@ class DaemonConfig(_Section):
     shutdown_grace: float = Field(30, ge=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
+    #: /healthz turns 503 when the oldest unfinished message has waited longer.
+    stuck_after: float = Field(300, gt=0)
 
     @field_validator("http_listen")
     @classmethod

@@ -44,7 +44,7 @@ from bridge.metrics import Metrics
 from bridge.notify import Notifier
 
 if TYPE_CHECKING:
-    from adapters.base import ChatAdapter
+    from bridge.chat import ChatAdapter
     from bridge.app import Core
     from bridge.dispatcher import Dispatcher
 

@@ -45,7 +45,7 @@ from bridge.model import (
 )
 
 if TYPE_CHECKING:
-    from adapters.base import ChatAdapter
+    from bridge.chat import ChatAdapter
     from bridge.backends.base import AgentBackend
     from storage.store import Store
 

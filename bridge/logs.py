@@ -202,3 +202,50 @@ def setup_logging(
     for name in NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
     return handler
+
+
+class ThrottledLog:
+    """Logs a recurring event at most once per ``interval`` seconds per reason,
+    with the count of those held back since the last line. For refused HTTP
+    requests: a scanner or a misconfigured proxy must not flood the journal.
+
+    Example::
+
+        refused = ThrottledLog(log, "Slack request refused")
+        refused.note("bad signature", remote=request.remote)
+        # WARNING Slack request refused: bad signature (from 10.0.0.7; 41 more since the last line)
+    """
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        what: str,
+        *,
+        interval: float = 60.0,
+        level: int = logging.WARNING,
+        clock: Any = None,
+    ) -> None:
+        import time
+
+        self._log = logger
+        self._what = what
+        self._interval = interval
+        self._level = level
+        self._clock = clock if clock is not None else time.monotonic
+        #: reason -> (time of the last line, events held back since)
+        self._state: dict[str, tuple[float, int]] = {}
+
+    def note(self, reason: str, *, remote: str | None = None) -> bool:
+        """Count one event; log it unless one with this reason was logged less
+        than ``interval`` ago. Returns whether a line was written."""
+        now = self._clock()
+        last, held = self._state.get(reason, (None, 0))
+        if last is not None and now - last < self._interval:
+            self._state[reason] = (last, held + 1)
+            return False
+        self._state[reason] = (now, 0)
+        origin = f"from {remote}" if remote else ""
+        more = f"{held} more since the last line" if held else ""
+        detail = "; ".join(part for part in (origin, more) if part)
+        self._log.log(self._level, "%s: %s%s", self._what, reason, f" ({detail})" if detail else "")
+        return True

@@ -70,6 +70,49 @@ class Metrics:
             registry=r,
         )
 
+        self.bad_updates = Counter(
+            "agent_bridge_bad_updates",
+            "Platform updates or events that could not be parsed and were skipped.",
+            ["platform"],
+            registry=r,
+        )
+        self.rejected_requests = Counter(
+            "agent_bridge_rejected_requests",
+            "HTTP requests refused before any processing (bad signature, wrong secret).",
+            ["endpoint", "reason"],
+            registry=r,
+        )
+        self.store_errors = Counter(
+            "agent_bridge_store_errors",
+            "Store operations that failed (each is retried; nothing is dropped).",
+            registry=r,
+        )
+        self.unfinished = Gauge(
+            "agent_bridge_unfinished_messages",
+            "Messages in the inbox not yet answered and delivered (all instances).",
+            registry=r,
+        )
+        self.oldest_unfinished = Gauge(
+            "agent_bridge_oldest_unfinished_seconds",
+            "Age of the oldest unfinished message (all instances); 0 when none.",
+            registry=r,
+        )
+        self.leases_held = Gauge(
+            "agent_bridge_leases_held",
+            "Conversations this instance holds (is answering) right now.",
+            registry=r,
+        )
+        self.takeovers = Counter(
+            "agent_bridge_lease_takeovers",
+            "Conversations taken over from an instance that stopped heartbeating.",
+            registry=r,
+        )
+        self.parked_replies = Gauge(
+            "agent_bridge_parked_replies",
+            "Stored replies waiting to be posted again after the platform refused them.",
+            registry=r,
+        )
+
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""
         return generate_latest(self.registry)

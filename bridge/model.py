@@ -36,6 +36,19 @@ class ConversationKey:
         return f"{base}:{self.thread}" if self.thread is not None else base
 
 
+def clean_text(text: str) -> str:
+    """``text`` safe to store on every database: U+0000 (which PostgreSQL's text
+    type refuses) and unpaired surrogates (which no UTF-8 encoder accepts)
+    become U+FFFD. The dispatcher applies it to every message it accepts."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\ufffd")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = "".join("\ufffd" if "\ud800" <= ch <= "\udfff" else ch for ch in text)
+    return text
+
+
 @dataclass(frozen=True, slots=True)
 class IncomingMessage:
     """A user's message, normalized by an adapter.
@@ -81,6 +94,10 @@ class InboxMessage:
     reply_text: str | None = None
     error_kind: str | None = None
     created_at: datetime | None = None
+    #: How many times posting the reply was begun. More than 0 means an earlier
+    #: attempt (perhaps in a process that crashed) may have posted some or all
+    #: of it: an adapter that can read its own posts back checks before posting.
+    delivery_attempts: int = 0
 
 
 @dataclass(frozen=True, slots=True)
