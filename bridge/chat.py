@@ -83,6 +83,12 @@ class ChatAdapter(ABC):
     def healthy(self) -> bool:
         return self.state is AdapterState.CONNECTED
 
+    @property
+    def problem(self) -> str | None:
+        """What users would feel beyond the connection state (polling stuck, a
+        conflicting poller...), in a few words for ``/healthz``; None when all is well."""
+        return None
+
     async def __aenter__(self) -> Self:
         try:
             await self.start()
