@@ -16,6 +16,7 @@ import pytest
 from pydantic import SecretStr
 
 import adapters.telegram as telegram_module
+import adapters.telegram_polling as polling_module
 from adapters.base import AdapterState
 from adapters.telegram import TelegramAdapter
 from adapters.telegram_render import utf16_len
@@ -105,6 +106,8 @@ async def running(config: Config) -> AsyncIterator[tuple[Core, TelegramAdapter]]
     async with open_core(config) as core:
         assert config.telegram is not None
         adapter = TelegramAdapter(core.dispatcher, config.telegram)
+        # No competing poller here: the conflict check at start need not wait long.
+        adapter.start_poll_timeout = 0.1
         core.dispatcher.register(adapter)
         async with adapter:
             await core.dispatcher.resume()
@@ -550,7 +553,7 @@ async def test_state_follows_the_connection_to_telegram(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     _, adapter = bridge
-    monkeypatch.setattr(telegram_module, "POLL_BACKOFF", (0.05,))
+    monkeypatch.setattr(polling_module, "POLL_BACKOFF", (0.05,))
     tg.fail_always("getUpdates", FakeError(502, "Bad Gateway"))
     # The long poll under way returns this update; the polls after it fail.
     tg.push(private_text(ALICE, "wake the poller"))

@@ -21,7 +21,10 @@ Usage::
 
 Long polling is real: ``getUpdates`` returns as soon as an update is queued (or after its
 ``timeout``); an ``offset`` confirms (drops) every update below it, as Telegram does.
-``tg.confirmed`` is the highest offset the bot has confirmed.
+``tg.confirmed`` is the highest offset the bot has confirmed. As on Telegram, one consumer
+per token: a newer getUpdates terminates a pending older one with 409 (`CONFLICT`).
+``tg.push_raw(value)`` queues any JSON value as one element of the getUpdates result (or
+``tg.deliver_raw(value)`` posts it to the webhook), for updates Telegram would never send.
 
 Scripting: ``tg.fail_next("sendMessage", FakeError(429, "Too Many Requests: retry after 1",
 retry_after=1))`` makes the next call(s) of a method fail (first in, first out); a
@@ -56,6 +59,11 @@ from aiohttp import web
 from tests.fakes.loopback import serve_loopback
 
 FAKE_TOKEN = "123456789:AAfakeTelegramTokenForTests_x1y2z3"
+#: What Telegram answers a pending getUpdates when a newer one arrives.
+CONFLICT = (
+    "Conflict: terminated by other getUpdates request; make sure that only one bot instance "
+    "is running"
+)
 BOT_ID = 123456789
 BOT_USERNAME = "bridge_test_bot"
 
@@ -150,7 +158,10 @@ class FakeTelegram:
         #: MarkdownV2/HTML does not parse, with "can't parse entities" as Telegram does.
         self.strict_entities = strict_entities
         self.calls: list[ApiCall] = []
-        self.updates: list[dict[str, Any]] = []
+        #: Queued updates: (update_id, the JSON value getUpdates returns for it).
+        self._queue: list[tuple[int, Any]] = []
+        #: Bumped by every getUpdates; a pending one that sees it change was terminated.
+        self._poll_generation = 0
         self.confirmed = 0
         self.webhook: dict[str, Any] | None = None
         #: Every update the bot answered on its webhook: (update_id, HTTP status).
@@ -204,12 +215,29 @@ class FakeTelegram:
 
     # --- control --------------------------------------------------------------------
 
+    @property
+    def updates(self) -> list[Any]:
+        """The updates queued and not yet confirmed, as getUpdates returns them."""
+        return [value for _, value in self._queue]
+
     def push(self, update: Mapping[str, Any]) -> dict[str, Any]:
         """Queue an update for getUpdates; returns it with its ``update_id``."""
         full = {"update_id": next(self._update_ids), **update}
-        self.updates.append(full)
+        self._queue.append((full["update_id"], full))
         self._notify()
         return full
+
+    def push_raw(self, value: Any, *, set_id: bool = False) -> int:
+        """Queue ``value`` verbatim as one element of the getUpdates result (junk no
+        real Telegram sends). It gets an update id for confirmation all the same,
+        written into ``value["update_id"]`` when ``set_id`` and ``value`` is a dict.
+        Returns that id."""
+        update_id = next(self._update_ids)
+        if set_id and isinstance(value, dict):
+            value = {**value, "update_id": update_id}
+        self._queue.append((update_id, value))
+        self._notify()
+        return update_id
 
     def fail_next(self, method: str, *errors: FakeError) -> None:
         """The next calls of ``method`` fail with these errors, in order."""
@@ -265,17 +293,25 @@ class FakeTelegram:
         """POST an update to the registered webhook as Telegram does; return the status.
 
         ``secret`` overrides the header value (``""`` sends no header)."""
-        assert self.webhook is not None, "no webhook set"
         full = {"update_id": next(self._update_ids), **update}
-        headers = {}
+        return await self._post_webhook(full["update_id"], json.dumps(full).encode(), secret)
+
+    async def deliver_raw(self, body: Any, *, secret: str | None = None) -> int:
+        """POST any JSON value (or, given ``bytes``, any body) to the webhook."""
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        return await self._post_webhook(next(self._update_ids), data, secret)
+
+    async def _post_webhook(self, update_id: int, data: bytes, secret: str | None) -> int:
+        assert self.webhook is not None, "no webhook set"
+        headers = {"Content-Type": "application/json"}
         token = self.webhook.get("secret_token") if secret is None else secret
         if token:
             headers["X-Telegram-Bot-Api-Secret-Token"] = token
         if self._client is None:
             self._client = aiohttp.ClientSession()
-        async with self._client.post(self.webhook["url"], json=full, headers=headers) as resp:
+        async with self._client.post(self.webhook["url"], data=data, headers=headers) as resp:
             await resp.read()
-            self.webhook_results.append((full["update_id"], resp.status))
+            self.webhook_results.append((update_id, resp.status))
             return resp.status
 
     def _notify(self) -> None:
@@ -340,27 +376,37 @@ class FakeTelegram:
                 "Conflict: can't use getUpdates method while webhook is active; "
                 "use deleteWebhook to delete the webhook first",
             )
+        # One consumer per token: this request terminates a pending older one.
+        self._poll_generation += 1
+        mine = self._poll_generation
+        async with self._changed:
+            self._changed.notify_all()
         offset = int(params.get("offset") or 0)
         if offset:
             self.confirmed = max(self.confirmed, offset)
-            self.updates = [u for u in self.updates if u["update_id"] >= offset]
+            self._queue = [(i, u) for i, u in self._queue if i >= offset]
         limit = int(params.get("limit") or 100)
         timeout = float(params.get("timeout") or 0)
 
+        def superseded() -> bool:
+            return self._poll_generation != mine
+
         def ready() -> bool:
-            return bool(self.updates) or self._closing.is_set()
+            return bool(self._queue) or self._closing.is_set() or superseded()
 
         if not ready() and timeout > 0:
             async with self._changed:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(timeout):
                         await self._changed.wait_for(ready)
+        if superseded():
+            return _error(409, CONFLICT)
         return self.updates[:limit]
 
     async def _api_deletewebhook(self, params: dict[str, Any]) -> Any:
         self.webhook = None
         if params.get("drop_pending_updates"):
-            self.updates.clear()
+            self._queue.clear()
         return True
 
     async def _api_setwebhook(self, params: dict[str, Any]) -> Any:
