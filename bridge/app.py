@@ -1,5 +1,6 @@
-"""The core's lifespan: store, HTTP client, agent backends and dispatcher,
-opened in that order and closed in reverse, by one `AsyncExitStack`.
+"""The core's lifespan: store, instance (heartbeat and leases), HTTP client,
+agent backends and dispatcher, opened in that order and closed in reverse, by
+one `AsyncExitStack`.
 
 ``agent-bridge chat`` and ``agent-bridge run`` both stand on it; the daemon
 adds the chat adapters on top.
@@ -17,6 +18,7 @@ from bridge.backends import create_backends, create_http_client
 from bridge.backends.base import AgentBackend
 from bridge.config import Config
 from bridge.dispatcher import Dispatcher
+from bridge.instance import Instance
 from bridge.metrics import Metrics
 from storage.store import Store
 
@@ -29,6 +31,7 @@ class Core:
     backends: Mapping[str, AgentBackend]
     dispatcher: Dispatcher
     metrics: Metrics
+    instance: Instance
 
 
 @contextlib.asynccontextmanager
@@ -38,6 +41,9 @@ async def open_core(config: Config, *, metrics: Metrics | None = None) -> AsyncI
     metrics = metrics if metrics is not None else Metrics()
     async with contextlib.AsyncExitStack() as stack:
         store = await stack.enter_async_context(Store(config.storage.url))
+        instance = await stack.enter_async_context(
+            Instance(store, lease_timeout=config.storage.lease_timeout)
+        )
         http = await stack.enter_async_context(create_http_client())
         backends = create_backends(config.agents, messages=config.messages, client=http)
         for backend in backends.values():
@@ -48,8 +54,10 @@ async def open_core(config: Config, *, metrics: Metrics | None = None) -> AsyncI
                 backends,
                 config.dispatcher,
                 config.messages,
+                instance=instance,
                 metrics=metrics,
                 retention_days=config.storage.retention_days,
+                poll_interval=config.storage.poll_interval,
             )
         )
-        yield Core(config, store, http, backends, dispatcher, metrics)
+        yield Core(config, store, http, backends, dispatcher, metrics, instance)

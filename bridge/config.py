@@ -172,6 +172,7 @@ class MessagesConfig(_Section):
         "Your message is too long for the agent ({length} characters; the limit is "
         "{max_chars}). Please shorten it and send it again."
     )
+    reply_truncated: str = "_(The answer was cut here: it was longer than {max_chars} characters.)_"
     internal_error: str = (
         "Something went wrong on my side while handling your message. "
         "An administrator can find the details in the bridge's logs."
@@ -190,6 +191,7 @@ class MessagesConfig(_Section):
 _MESSAGE_PLACEHOLDERS: dict[str, frozenset[str]] = {
     "rate_limited": frozenset({"retry_after"}),
     "input_too_long": frozenset({"length", "max_chars"}),
+    "reply_truncated": frozenset({"max_chars"}),
 }
 
 

@@ -44,8 +44,8 @@ from bridge.metrics import Metrics
 from bridge.notify import Notifier
 
 if TYPE_CHECKING:
-    from bridge.chat import ChatAdapter
     from bridge.app import Core
+    from bridge.chat import ChatAdapter
     from bridge.dispatcher import Dispatcher
 
 log = logging.getLogger("bridge.daemon")

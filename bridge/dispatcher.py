@@ -2,19 +2,31 @@
 
 Adapters call `Dispatcher.submit()`, which commits the message to the store
 before it returns (so the adapter may then acknowledge the event to its
-platform) and schedules it. Each conversation has at most one worker task,
-which answers its messages one at a time in arrival order; across
-conversations, workers run in parallel, bounded by ``max_concurrency`` agent
-calls in flight.
+platform) and wakes the claim loop. Nothing is answered from memory: the
+claim loop takes conversations from the store's work queue (`storage.queue`)
+and runs one worker per claimed conversation, which answers that
+conversation's unfinished messages one at a time in inbox order, then gives
+the conversation back. Several instances on one PostgreSQL share the queue:
+a conversation is answered by one instance at a time, so its replies stay in
+order and its agent session never forks. Across conversations, up to
+``max_concurrency`` workers run at once.
 
-One message goes through these states in the store::
+One message goes through these states (the store's docstring draws them)::
 
-    pending -> running -> answered (reply stored) -> done | failed (reply delivered)
+    pending -> running -> answered (reply + turn stored together) -> done | failed
 
-The reply is stored before it is posted, so a crash between the agent's
-answer and its delivery re-posts the stored reply at the next start instead
-of calling (and billing) the agent again. A crash during the agent call
-leaves the message ``running``; `resume()` runs it again at the next start.
+- The reply is stored before it is posted, in the same transaction as the
+  agent's turn: a crash between the agent's answer and its delivery posts the
+  stored reply instead of calling (and billing) the agent again.
+- A store error after the agent answered keeps the answer in memory and
+  retries the write until the database is back: the agent is never asked
+  twice for one message because of a store error.
+- A reply the platform refuses is parked: the conversation is released until
+  a backoff (1 s growing to 5 minutes) has passed, then claimed again, by
+  this instance or another, for as long as the bridge runs. Only a final
+  refusal (`ReplyUndeliverable`: bot blocked, chat gone) ends it, as failed.
+- A crash during the agent call leaves the message ``running``: whoever
+  takes the conversation over runs it again (at most `MAX_ATTEMPTS` times).
 
 This is also the one place where errors become replies: an `AgentError`
 becomes its ``user_message``; anything unexpected becomes the generic
@@ -24,7 +36,8 @@ becomes its ``user_message``; anything unexpected becomes the generic
 from __future__ import annotations
 
 import asyncio
-import collections
+import dataclasses
+import enum
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -32,7 +45,14 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
 from bridge.config import DispatcherConfig, MessagesConfig
-from bridge.errors import AdapterError, AgentError, AgentSessionExpired, StorageError
+from bridge.errors import (
+    AdapterError,
+    AgentError,
+    AgentSessionExpired,
+    ReplyUndeliverable,
+    StorageError,
+)
+from bridge.instance import Instance
 from bridge.metrics import Metrics
 from bridge.model import (
     AgentReply,
@@ -42,11 +62,13 @@ from bridge.model import (
     IncomingMessage,
     MessageStatus,
     Reply,
+    Usage,
+    clean_text,
 )
 
 if TYPE_CHECKING:
-    from bridge.chat import ChatAdapter
     from bridge.backends.base import AgentBackend
+    from bridge.chat import ChatAdapter
     from storage.store import Store
 
 log = logging.getLogger("bridge.dispatcher")
@@ -54,9 +76,19 @@ log = logging.getLogger("bridge.dispatcher")
 #: A message whose agent call was interrupted this often (crash, kill) is
 #: answered with the internal-error text instead of being tried again forever.
 MAX_ATTEMPTS = 3
-#: Seconds between attempts to post a reply the platform refused.
-DELIVERY_BACKOFF = (1.0, 3.0, 10.0, 30.0)
+#: Seconds before a refused reply is tried again, growing with each refusal,
+#: then every 5 minutes for as long as the bridge runs.
+DELIVERY_BACKOFF = (1.0, 3.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+#: Seconds between retries of a store write that must not be lost (an answer).
+STORE_RETRY = (0.5, 1.0, 2.0, 5.0)
 PURGE_INTERVAL = 3600.0
+
+
+class _Next(enum.Enum):
+    """What a worker does after one message."""
+
+    CONTINUE = "continue"  # on to the conversation's next message
+    STOP = "stop"  # lease lost, reply parked, or shutting down: give the conversation up
 
 
 class Dispatcher:
@@ -64,9 +96,10 @@ class Dispatcher:
 
     Example::
 
-        async with Dispatcher(store, backends, config.dispatcher, config.messages) as d:
+        async with Dispatcher(store, backends, config.dispatcher, config.messages,
+                              instance=instance) as d:
             d.register(adapter)
-            await d.resume()                 # what a previous run left unanswered
+            await d.resume()                 # start claiming work, oldest first
             await d.submit(incoming_message) # committed when this returns
     """
 
@@ -77,25 +110,38 @@ class Dispatcher:
         config: DispatcherConfig,
         messages: MessagesConfig,
         *,
+        instance: Instance,
         metrics: Metrics | None = None,
         retention_days: float = 7.0,
+        poll_interval: float = 2.0,
         delivery_backoff: Sequence[float] = DELIVERY_BACKOFF,
+        store_retry: Sequence[float] = STORE_RETRY,
     ) -> None:
         self.messages = messages
         self.metrics = metrics if metrics is not None else Metrics()
+        self.instance = instance
         self._store = store
         self._backends = dict(backends)
         self._config = config
         self._retention_days = retention_days
+        self._poll_interval = poll_interval
         self._delivery_backoff = tuple(delivery_backoff)
+        self._store_retry = tuple(store_retry)
         self._adapters: dict[str, ChatAdapter] = {}
-        self._slots = asyncio.Semaphore(config.max_concurrency)
-        self._queues: dict[int, collections.deque[InboxMessage]] = {}
         self._workers: dict[int, asyncio.Task[None]] = {}
-        self._scheduled: set[int] = set()
+        self._wake = asyncio.Event()
+        self._changed = asyncio.Condition()
+        self._rounds = 0
+        self._last_round_claimed = 0
         self._accepting = True
         self._in_flight = 0
+        self._claimer: asyncio.Task[None] | None = None
         self._purger: asyncio.Task[None] | None = None
+        self._timers: set[asyncio.TimerHandle] = set()
+        self._no_timers = asyncio.Event()
+        self._no_timers.set()
+        #: The last store failure the dispatcher saw, until a write succeeds again.
+        self.store_problem: str | None = None
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -112,48 +158,91 @@ class Dispatcher:
         await self.shutdown(0)
 
     def register(self, adapter: ChatAdapter) -> None:
-        """Route replies for ``adapter.platform`` to ``adapter``."""
+        """Route replies for ``adapter.platform`` to ``adapter``; its
+        conversations are claimed from now on (once `resume` has run)."""
         self._adapters[adapter.platform] = adapter
+
+    async def resume(self) -> int:
+        """Start claiming work: what is unclaimed, or whose owner died, oldest
+        first, then whatever arrives. Returns how many unfinished messages the
+        first claim took."""
+        claimed = 0
+        if self._claimer is None and self._accepting:
+            try:
+                claimed = await self._claim_round()
+            except StorageError as exc:
+                self._store_failed(exc)
+                log.error("cannot claim work yet: %s", exc)
+            self._claimer = asyncio.create_task(self._claim_loop(), name="dispatcher-claim")
+        if claimed:
+            log.info("resuming %d unfinished message(s)", claimed)
+        return claimed
 
     def stop_accepting(self) -> None:
         """From now on, accepted messages are committed but left pending."""
         if self._accepting:
             log.info("no longer starting new agent calls; new messages stay pending")
         self._accepting = False
+        self._wake.set()
 
     async def shutdown(self, grace: float) -> None:
-        """Stop starting agent calls; give those in flight ``grace`` seconds to
-        finish and post their replies; cancel the rest. Nothing is lost: what
-        did not finish stays pending or running in the store."""
+        """Stop claiming; give the conversations being worked on ``grace``
+        seconds to finish their current message; cancel the rest. Nothing is
+        lost: what did not finish stays pending or running in the store, and
+        the leases are given back (by `Instance`) so others take over at once."""
         self.stop_accepting()
+        if self._claimer is not None:
+            self._claimer.cancel()
+            await asyncio.gather(self._claimer, return_exceptions=True)
+            self._claimer = None
         workers = list(self._workers.values())
         if workers:
             log.info("waiting up to %.0fs for %d agent call(s) in flight", grace, self._in_flight)
-            _, unfinished = (
-                await asyncio.wait(workers, timeout=grace)
-                if grace > 0
-                else (
-                    set(),
-                    set(workers),
-                )
-            )
+            if grace > 0:
+                _, unfinished = await asyncio.wait(workers, timeout=grace)
+            else:
+                unfinished = set(workers)
             for task in unfinished:
                 task.cancel()
             if unfinished:
                 log.warning(
-                    "cancelled %d conversation(s) still working; they resume at the next start",
+                    "cancelled %d conversation(s) still working; they are answered later",
                     len(unfinished),
                 )
             await asyncio.gather(*workers, return_exceptions=True)
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
+        self._no_timers.set()
         if self._purger is not None:
             self._purger.cancel()
             await asyncio.gather(self._purger, return_exceptions=True)
             self._purger = None
 
-    async def wait_idle(self) -> None:
-        """Wait until no message is queued or being answered (for tests and tools)."""
-        while self._workers:
-            await asyncio.gather(*list(self._workers.values()), return_exceptions=True)
+    async def wait_idle(self, *, parked: bool = True) -> None:
+        """Wait until a claim round found nothing to take and no conversation
+        is being worked on (for tests and tools); with ``parked``, also for the
+        retries of refused replies this instance has scheduled."""
+        if self._claimer is None:
+            while self._workers:
+                await asyncio.gather(*list(self._workers.values()), return_exceptions=True)
+            return
+        while True:
+            await self._next_round()
+            if self._claimer is None:
+                return
+            if self._workers:
+                await asyncio.gather(*list(self._workers.values()), return_exceptions=True)
+            elif self._last_round_claimed == 0:
+                if not (parked and self._timers):
+                    return
+                await self._no_timers.wait()
+
+    async def _next_round(self) -> None:
+        seen = self._rounds
+        self._wake.set()
+        async with self._changed:
+            await self._changed.wait_for(lambda: self._rounds > seen or self._claimer is None)
 
     @property
     def accepting(self) -> bool:
@@ -161,8 +250,8 @@ class Dispatcher:
 
     @property
     def queue_depth(self) -> int:
-        """Messages scheduled in this process and not yet started."""
-        return sum(len(q) for q in self._queues.values())
+        """Conversations this instance is working on."""
+        return len(self._workers)
 
     @property
     def in_flight(self) -> int:
@@ -171,40 +260,33 @@ class Dispatcher:
     # --- what adapters call ----------------------------------------------------------
 
     async def submit(self, msg: IncomingMessage) -> bool:
-        """Commit ``msg`` to the inbox and schedule its answer.
+        """Commit ``msg`` to the inbox; it is answered from there.
 
         Returns False for a duplicate (already accepted once). Raises
         `StorageError` when the store failed: the adapter must then not
         acknowledge the event, so that the platform delivers it again.
         """
-        stored = await self._store.accept(msg)
+        text = clean_text(msg.text)
+        if text is not msg.text and text != msg.text:
+            msg = dataclasses.replace(msg, text=text)
+        try:
+            stored = await self._store.accept(msg)
+        except StorageError as exc:
+            self._store_failed(exc)
+            raise
+        self.store_problem = None
         if stored is None:
             log.info("duplicate %s event %s ignored", msg.key.platform, msg.event_id)
             return False
         self.metrics.received.labels(msg.key.platform).inc()
         log.info("accepted message %d in %s from %s", stored.id, msg.key, msg.sender)
         log.debug("message %d text: %r", stored.id, msg.text)
-        if self._accepting:
-            self._schedule(stored)
-        else:
-            log.info("message %d left pending: shutting down", stored.id)
+        if self._claimer is None and self._accepting:
+            # An adapter that takes messages is ready to answer them; the inbox
+            # order holds whoever starts claiming first (this or `resume`).
+            self._claimer = asyncio.create_task(self._claim_loop(), name="dispatcher-claim")
+        self._wake.set()
         return True
-
-    async def resume(self) -> int:
-        """Schedule what a previous run left unanswered; returns how many."""
-        count = 0
-        skipped: collections.Counter[str] = collections.Counter()
-        for message in await self._store.unfinished():
-            if message.key.platform not in self._adapters:
-                skipped[message.key.platform] += 1
-                continue
-            if self._schedule(message):
-                count += 1
-        for platform, n in skipped.items():
-            log.warning("%d pending %s message(s) wait for the %s adapter", n, platform, platform)
-        if count:
-            log.info("resuming %d message(s) left from the previous run", count)
-        return count
 
     async def reset(self, key: ConversationKey, agent: str) -> None:
         """Give the conversation a fresh agent session (its next turn starts one)."""
@@ -222,99 +304,172 @@ class Dispatcher:
     def has_agent(self, name: str) -> bool:
         return name in self._backends
 
+    # --- claiming --------------------------------------------------------------------
+
+    async def _claim_loop(self) -> None:
+        self._wake.set()  # a first round at once
+        while self._accepting:
+            try:
+                async with asyncio.timeout(self._poll_interval):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            if not self._accepting:
+                break
+            try:
+                await self._claim_round()
+            except StorageError as exc:
+                self._store_failed(exc)
+                log.warning("cannot claim work: %s", exc)
+                async with self._changed:
+                    self._rounds += 1
+                    self._last_round_claimed = 0
+                    self._changed.notify_all()
+
+    async def _claim_round(self) -> int:
+        """Claim what this instance has room for; start a worker per conversation.
+        Returns how many unfinished messages the claimed conversations hold."""
+        claimed: list[int] = []
+        room = self._config.max_concurrency - len(self._workers)
+        if room > 0 and self._accepting and self.instance.fresh:
+            claims = await self._store.claim(
+                self.instance.id,
+                platforms=sorted(self._adapters),
+                limit=room,
+                lease_timeout=self.instance.lease_timeout,
+                exclude=list(self._workers),
+            )
+            self.store_problem = None
+            for claim in claims:
+                if claim.taken_from is not None:
+                    self.metrics.takeovers.inc()
+                    log.warning(
+                        "took over conversation %d from instance %s, which stopped heartbeating",
+                        claim.conversation_id,
+                        claim.taken_from,
+                    )
+                self._start_worker(claim.conversation_id)
+                claimed.append(claim.conversation_id)
+        self.metrics.leases_held.set(len(self._workers))
+        async with self._changed:
+            self._rounds += 1
+            self._last_round_claimed = len(claimed)
+            self._changed.notify_all()
+        if not claimed:
+            return 0
+        return await self._store.count_unfinished(conversation_ids=claimed)
+
+    def _start_worker(self, conversation_id: int) -> None:
+        self._workers[conversation_id] = asyncio.create_task(
+            self._work(conversation_id), name=f"conversation-{conversation_id}"
+        )
+
+    def _wake_later(self, delay: float) -> None:
+        loop = asyncio.get_running_loop()
+
+        def fire() -> None:
+            self._timers.discard(handle)
+            self._wake.set()
+            if not self._timers:
+                self._no_timers.set()
+
+        handle = loop.call_later(delay, fire)
+        self._timers.add(handle)
+        self._no_timers.clear()
+
     # --- the work ---------------------------------------------------------------------
 
-    def _schedule(self, message: InboxMessage) -> bool:
-        if message.id in self._scheduled:
-            return False
-        self._scheduled.add(message.id)
-        queue = self._queues.setdefault(message.conversation_id, collections.deque())
-        # Arrival order is inbox id order. resume() runs after the adapters have
-        # connected, so a message from the previous run can be scheduled after a
-        # newer one of the same conversation: put it back in its place.
-        position = len(queue)
-        while position and queue[position - 1].id > message.id:
-            position -= 1
-        queue.insert(position, message)
-        self.metrics.queue_depth.set(self.queue_depth)
-        if message.conversation_id not in self._workers:
-            self._workers[message.conversation_id] = asyncio.create_task(
-                self._work(message.conversation_id), name=f"conversation-{message.conversation_id}"
-            )
-        return True
-
     async def _work(self, conversation_id: int) -> None:
-        queue = self._queues[conversation_id]
+        owner = self.instance.id
+        release = True
         try:
-            while queue and self._accepting:
-                async with self._slots:
-                    if not self._accepting:
-                        break
-                    message = queue.popleft()
-                    self.metrics.queue_depth.set(self.queue_depth)
-                    try:
-                        await self._handle(message)
-                    except StorageError as exc:
-                        log.error(
-                            "message %d: store failed, left for the next start: %s", message.id, exc
-                        )
-                    except Exception:
-                        log.exception("message %d: unexpected error", message.id)
-                    finally:
-                        self._scheduled.discard(message.id)
+            while self._accepting:
+                message = await self._store.next_message(conversation_id, owner)
+                if message is None:
+                    break
+                adapter = self._adapters.get(message.key.platform)
+                if adapter is None:  # pragma: no cover - claims are by registered platform
+                    break
+                if await self._handle(adapter, message) is _Next.STOP:
+                    release = False  # parked (released already) or lost
+                    break
+        except StorageError as exc:
+            # The lease stays ours; the claim loop takes the conversation again
+            # once the database answers.
+            self._store_failed(exc)
+            log.error("conversation %d: store failed, retried shortly: %s", conversation_id, exc)
+            release = False
+            self._wake_later(self._store_retry[0])
+        except Exception:
+            log.exception("conversation %d: unexpected error", conversation_id)
+            release = False
+            self._wake_later(self._delivery_backoff[0])
         finally:
-            # Whatever is still queued stays pending in the store for the next start.
-            for left in queue:
-                self._scheduled.discard(left.id)
-            self._queues.pop(conversation_id, None)
             self._workers.pop(conversation_id, None)
-            self.metrics.queue_depth.set(self.queue_depth)
-
-    async def _handle(self, message: InboxMessage) -> None:
-        adapter = self._adapters.get(message.key.platform)
-        if adapter is None:
-            log.warning("message %d: no %s adapter; left pending", message.id, message.key.platform)
-            return
-        if message.status is MessageStatus.ANSWERED and message.reply_text is not None:
-            # Answered before a restart, not yet delivered: post the stored reply.
-            reply = Reply(message.reply_text, error_kind=message.error_kind)
+            self.metrics.leases_held.set(len(self._workers))
+        if release and self._accepting:
+            try:
+                if await self._store.release(conversation_id, owner):
+                    self._wake.set()  # a message arrived while we answered
+            except StorageError as exc:
+                self._store_failed(exc)  # still ours: the claim loop takes it again
         else:
-            reply = await self._answer(adapter, message)
-            # Stored before it is posted: a crash from here on re-posts it at the
-            # next start instead of asking (and billing) the agent again.
-            await self._store.save_reply(message.id, reply.text, error_kind=reply.error_kind)
-        await self._deliver(adapter, message, reply)
+            self._wake.set()
 
-    async def _answer(self, adapter: ChatAdapter, message: InboxMessage) -> Reply:
+    async def _handle(self, adapter: ChatAdapter, message: InboxMessage) -> _Next:
+        owner = self.instance.id
+        if message.status is MessageStatus.ANSWERED and message.reply_text is not None:
+            # Answered earlier (perhaps by a process that died), not yet delivered.
+            if not await self._store.begin_delivery(message, owner):
+                return _Next.STOP
+            stored = Reply(message.reply_text, error_kind=message.error_kind)
+            return await self._deliver(adapter, message, stored)
+        if not self.instance.fresh:
+            # Our heartbeat is late: another instance may be taking over. Start nothing.
+            return _Next.STOP
+        reply, turn = await self._answer(adapter, message)
+        if reply is None:
+            return _Next.STOP
+        if not await self._save_answer(message, reply, turn):
+            return _Next.STOP
+        return await self._deliver(
+            adapter, dataclasses.replace(message, status=MessageStatus.ANSWERED), reply
+        )
+
+    async def _answer(
+        self, adapter: ChatAdapter, message: InboxMessage
+    ) -> tuple[Reply | None, tuple[int, str | None, Usage] | None]:
+        """The reply and the turn to record; (None, None) if the lease is gone."""
         if message.attempts >= MAX_ATTEMPTS:
             log.error(
                 "message %d was interrupted %d times; answering with an error",
                 message.id,
                 message.attempts,
             )
-            return Reply(self.messages.render("internal_error"), error_kind="interrupted")
+            return Reply(self.messages.render("internal_error"), error_kind="interrupted"), None
         if len(message.text) > self._config.max_input_chars:
             self.note_refused(message.key.platform)
-            return Reply(
-                self.messages.render(
-                    "input_too_long",
-                    length=len(message.text),
-                    max_chars=self._config.max_input_chars,
-                ),
-                error_kind="input_too_long",
+            text = self.messages.render(
+                "input_too_long",
+                length=len(message.text),
+                max_chars=self._config.max_input_chars,
             )
-        await self._store.mark_running(message.id)
+            return Reply(text, error_kind="input_too_long"), None
+        if not await self._store.mark_running(message, self.instance.id):
+            return None, None
         self._in_flight += 1
         self.metrics.in_flight.set(self._in_flight)
         try:
             async with adapter.working(message):
-                reply = await self._ask_agent(message)
+                return await self._ask_agent(message)
         finally:
             self._in_flight -= 1
             self.metrics.in_flight.set(self._in_flight)
-        return reply
 
-    async def _ask_agent(self, message: InboxMessage) -> Reply:
+    async def _ask_agent(
+        self, message: InboxMessage
+    ) -> tuple[Reply, tuple[int, str | None, Usage] | None]:
         conversation = await self._store.get_conversation_by_id(message.conversation_id)
         name = conversation.agent if conversation.agent in self._backends else message.agent
         backend = self._backends.get(name)
@@ -325,7 +480,7 @@ class Dispatcher:
                 conversation.agent,
                 conversation.key,
             )
-            return Reply(self.messages.render("internal_error"), error_kind="no_agent")
+            return Reply(self.messages.render("internal_error"), error_kind="no_agent"), None
         session = conversation.session_id or backend.new_session_id()
         note = ""
         try:
@@ -338,18 +493,22 @@ class Dispatcher:
                 result = await self._call(backend, message, session)
         except AgentError as exc:
             log.warning("message %d in %s: %s", message.id, message.key, exc)
-            return Reply(exc.user_message, error_kind=exc.kind)
+            return Reply(exc.user_message, error_kind=exc.kind), None
         except Exception:
             log.exception("message %d: agent %r failed unexpectedly", message.id, name)
-            return Reply(self.messages.render("internal_error"), error_kind="internal")
-        await self._store.record_turn(
-            conversation.id,
-            epoch=conversation.epoch,
-            session_id=result.session_id or session,
-            usage=result.usage,
-        )
-        text = result.text if not note else f"{note}\n\n{result.text}"
-        return Reply(text)
+            return Reply(self.messages.render("internal_error"), error_kind="internal"), None
+        text = result.text
+        limit = self._config.max_reply_chars
+        if len(text) > limit:
+            log.warning(
+                "message %d: the agent's reply of %d characters is cut", message.id, len(text)
+            )
+            cut = self.messages.render("reply_truncated", max_chars=limit)
+            text = f"{text[:limit].rstrip()}\n\n{cut}"
+        if note:
+            text = f"{note}\n\n{text}"
+        turn = (conversation.epoch, result.session_id or session, result.usage)
+        return Reply(text), turn
 
     async def _call(
         self, backend: AgentBackend, message: InboxMessage, session: str | None
@@ -373,31 +532,80 @@ class Dispatcher:
         )
         return result
 
-    async def _deliver(self, adapter: ChatAdapter, message: InboxMessage, reply: Reply) -> None:
-        platform = message.key.platform
-        for attempt, delay in enumerate((0.0, *self._delivery_backoff), start=1):
-            if delay:
-                await asyncio.sleep(delay)
+    async def _save_answer(
+        self, message: InboxMessage, reply: Reply, turn: tuple[int, str | None, Usage] | None
+    ) -> bool:
+        """Store the reply and the turn; retry a store failure until it
+        succeeds (the answer is kept meanwhile); False if the lease is gone."""
+        for attempt in range(1_000_000):
             try:
-                await adapter.send_reply(message, reply)
-            except AdapterError as exc:
-                log.warning("message %d: delivery attempt %d failed: %s", message.id, attempt, exc)
+                saved = await self._store.save_answer(
+                    message, self.instance.id, reply.text, error_kind=reply.error_kind, turn=turn
+                )
+            except StorageError as exc:
+                self._store_failed(exc)
+                delay = self._store_retry[min(attempt, len(self._store_retry) - 1)]
+                log.warning(
+                    "message %d: cannot store the answer yet (retrying in %gs): %s",
+                    message.id,
+                    delay,
+                    exc,
+                )
+                await asyncio.sleep(delay)
                 continue
-            except Exception:
-                log.exception("message %d: delivery attempt %d failed", message.id, attempt)
-                continue
-            await self._store.mark_delivered(message.id)
-            if reply.error_kind is None:
-                self.metrics.answered.labels(platform).inc()
-            else:
-                self.metrics.failed.labels(platform).inc()
-            log.info("message %d answered in %s", message.id, message.key)
-            return
-        log.error(
-            "message %d: could not post the reply to %s; it is kept and posted at the next start",
-            message.id,
-            message.key,
-        )
+            self.store_problem = None
+            if not saved:
+                log.warning(
+                    "message %d: this instance lost the conversation while the agent answered "
+                    "(its heartbeat was late); its successor answers it",
+                    message.id,
+                )
+            return saved
+        return False  # pragma: no cover
+
+    async def _deliver(self, adapter: ChatAdapter, message: InboxMessage, reply: Reply) -> _Next:
+        owner = self.instance.id
+        platform = message.key.platform
+        undeliverable: str | None = None
+        try:
+            await adapter.send_reply(message, reply)
+        except ReplyUndeliverable as exc:
+            log.warning("message %d: the reply can never be posted: %s", message.id, exc.reason)
+            undeliverable = "undeliverable"
+        except Exception as exc:
+            attempts = message.delivery_attempts + 1
+            delay = self._delivery_backoff[min(attempts, len(self._delivery_backoff)) - 1]
+            log.warning(
+                "message %d: could not post the reply (attempt %d), trying again in %gs: %s",
+                message.id,
+                attempts,
+                delay,
+                exc,
+                exc_info=not isinstance(exc, AdapterError),
+            )
+            await self._store.park(message, owner, retry_in=delay)
+            self._wake_later(delay)
+            return _Next.STOP
+        # Posted: from here on it is never posted again by this process, whatever
+        # the store does; a failing write is retried until it lands.
+        for attempt in range(1_000_000):
+            try:
+                await self._store.finish_delivery(message, owner, undeliverable=undeliverable)
+                break
+            except StorageError as exc:
+                self._store_failed(exc)
+                await asyncio.sleep(self._store_retry[min(attempt, len(self._store_retry) - 1)])
+        self.store_problem = None
+        if reply.error_kind is None and undeliverable is None:
+            self.metrics.answered.labels(platform).inc()
+        else:
+            self.metrics.failed.labels(platform).inc()
+        log.info("message %d answered in %s", message.id, message.key)
+        return _Next.CONTINUE
+
+    def _store_failed(self, exc: StorageError) -> None:
+        self.metrics.store_errors.inc()
+        self.store_problem = str(exc)
 
     async def _purge_loop(self) -> None:
         while True:

@@ -9,6 +9,7 @@ enter, with ``raise ... from exc``, so none travels through the core.
     ├── StorageError           the database failed or is unreachable
     │   └── MissingDriverError a database driver is not installed (names the extra)
     ├── AdapterError           a chat platform refused or failed (bad token, network)
+    │   └── ReplyUndeliverable a reply can never be posted (bot blocked, chat gone)
     └── AgentError             the agent could not answer; carries `user_message`
         ├── AgentInsufficientBalance   402
         ├── AgentRateLimited           429, carries `retry_after`
@@ -66,6 +67,12 @@ class AdapterError(BridgeError):
         self.platform = platform
         self.reason = reason
         super().__init__(f"{platform}: {reason}")
+
+
+class ReplyUndeliverable(AdapterError):
+    """The platform refused the reply for good (bot blocked, chat or topic
+    gone): the dispatcher stops trying and marks the message failed. Any other
+    `AdapterError` from ``send_reply`` is retried with backoff."""
 
 
 class AgentError(BridgeError):

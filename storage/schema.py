@@ -94,6 +94,12 @@ conversations = Table(
     Column("output_tokens", BigInteger, nullable=False, server_default="0"),
     Column("created_at", UTCDateTime, nullable=False),
     Column("last_active_at", UTCDateTime, nullable=False),
+    #: The instance answering this conversation's messages now (its lease), or
+    #: NULL. Valid while that instance heartbeats (see ``instances``).
+    Column("lease_owner", String, nullable=True),
+    #: A reply the platform refused waits until then before it is tried again;
+    #: the conversation's later messages wait behind it (order).
+    Column("not_before", UTCDateTime, nullable=True),
     UniqueConstraint("platform", "scope", "chat", "thread"),
 )
 
@@ -119,6 +125,8 @@ messages = Table(
     Column("attempts", Integer, nullable=False, server_default="0"),
     Column("error_kind", String, nullable=True),
     Column("reply_text", Text, nullable=True),
+    #: Times posting the reply was begun (>0: an earlier attempt may have posted).
+    Column("delivery_attempts", Integer, nullable=False, server_default="0"),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
     # The inbox's dedupe: one row per platform event, however often delivered.
@@ -127,4 +135,27 @@ messages = Table(
     Index(None, "status", "id"),
     Index(None, "status", "updated_at"),
     Index(None, "conversation_id"),
+)
+
+#: One row per running bridge process; its heartbeat keeps its leases valid.
+instances = Table(
+    "instances",
+    metadata,
+    Column("id", String, primary_key=True),
+    #: hostname + boot id: processes of one machine boot share it, so one can
+    #: tell that another with a vanished pid is dead without waiting.
+    Column("host", String, nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("heartbeat_at", UTCDateTime, nullable=False),
+)
+
+#: Named leases beside the conversations' (e.g. "telegram-poller:<bot id>"):
+#: held by one live instance at a time.
+leases = Table(
+    "leases",
+    metadata,
+    Column("name", String, primary_key=True),
+    Column("owner", String, nullable=False),
+    Column("acquired_at", UTCDateTime, nullable=False),
 )

@@ -16,6 +16,7 @@ from adapters.base import ChatAdapter
 from bridge.app import Core, open_core
 from bridge.config import Config, parse_config
 from bridge.errors import AdapterError
+from bridge.instance import host_identity
 from bridge.model import ConversationKey, InboxMessage, IncomingMessage, MessageStatus, Reply
 from storage.store import Store
 from tests.fakes.agents import FAKE_API_KEY, FakeAgentServer, FakeResponse
@@ -30,6 +31,7 @@ class RecordingAdapter(ChatAdapter):
         super().__init__(dispatcher)
         self.replies: list[tuple[InboxMessage, Reply]] = []
         self.fail_next = 0
+        self.failures = 0
         self.working_for: list[int] = []
         self._changed = asyncio.Condition()
 
@@ -45,10 +47,19 @@ class RecordingAdapter(ChatAdapter):
     async def send_reply(self, message: InboxMessage, reply: Reply) -> None:
         if self.fail_next:
             self.fail_next -= 1
+            async with self._changed:
+                self.failures += 1
+                self._changed.notify_all()
             raise AdapterError("test", "platform down")
         async with self._changed:
             self.replies.append((message, reply))
             self._changed.notify_all()
+
+    async def wait_failures(self, count: int) -> None:
+        async with self._changed:
+            await asyncio.wait_for(
+                self._changed.wait_for(lambda: self.failures >= count), timeout=10
+            )
 
     async def wait_replies(self, count: int) -> list[str]:
         async with self._changed:
@@ -95,11 +106,26 @@ def msg(
 
 
 @contextlib.asynccontextmanager
-async def running(config: Config) -> AsyncIterator[tuple[Core, RecordingAdapter]]:
+async def running(
+    config: Config, *, resume: bool = True
+) -> AsyncIterator[tuple[Core, RecordingAdapter]]:
     async with open_core(config) as core:
         adapter = RecordingAdapter(core.dispatcher)
         core.dispatcher.register(adapter)
+        if resume:
+            await core.dispatcher.resume()
         yield core, adapter
+
+
+async def crash_while_running(store: Store, message: InboxMessage, times: int = 1) -> None:
+    """Leave ``message`` as a process of this machine that was killed during the
+    agent call would: running, its conversation leased to a dead pid."""
+    await store.register_instance(
+        "crashed", host=host_identity(), pid=2**22 + 1, is_alive=lambda _pid: True
+    )
+    await store.claim("crashed", platforms=["test"], limit=10, lease_timeout=30)
+    for _ in range(times):
+        assert await store.mark_running(message, "crashed")
 
 
 @pytest.fixture
@@ -163,7 +189,7 @@ async def test_one_call_at_a_time_per_conversation_parallel_across(
         await core.dispatcher.submit(msg("b1", chat="b"))
         await agents.wait_for_calls(2)
         assert sorted(c.json["message"] for c in agents.chat_calls) == ["a1", "b1"]
-        assert core.dispatcher.queue_depth == 1
+        assert core.dispatcher.queue_depth == 2  # conversations being answered
         agents.release()
         texts = await adapter.wait_replies(3)
         assert texts.index("echo: a1") < texts.index("echo: a2")
@@ -238,28 +264,46 @@ async def test_failed_delivery_is_retried(tmp_path: Path, agents: FakeAgentServe
         core.dispatcher._delivery_backoff = (0.01, 0.01)
         adapter = RecordingAdapter(core.dispatcher)
         core.dispatcher.register(adapter)
+        await core.dispatcher.resume()
         adapter.fail_next = 2
         await core.dispatcher.submit(msg("hi"))
         assert await adapter.wait_replies(1) == ["echo: hi"]
         assert len(agents.chat_calls) == 1
 
 
-async def test_undelivered_reply_is_kept_and_posted_after_restart_without_new_agent_call(
+async def test_a_reply_refused_for_long_is_posted_once_the_platform_takes_it(
     tmp_path: Path, agents: FakeAgentServer
 ) -> None:
     config = make_config(tmp_path, agents.url)
-    async with open_core(config) as core:
-        core.dispatcher._delivery_backoff = (0.01,)
-        adapter = RecordingAdapter(core.dispatcher)
-        core.dispatcher.register(adapter)
-        adapter.fail_next = 10
+    async with running(config) as (core, adapter):
+        core.dispatcher._delivery_backoff = (0.01, 0.02, 0.05)
+        adapter.fail_next = 6  # the backoff reaches its cap and stays there
         await core.dispatcher.submit(msg("hi"))
+        await core.dispatcher.submit(msg("after", event="later"))
+        assert await adapter.wait_replies(2) == ["echo: hi", "echo: after"]  # order kept
+        assert len(agents.chat_calls) == 2  # the agent was asked once per message
+        assert adapter.failures == 6
         await core.dispatcher.wait_idle()
+        assert await core.store.count_unfinished() == 0
+
+
+async def test_a_parked_reply_is_posted_after_a_restart_without_a_new_agent_call(
+    tmp_path: Path, agents: FakeAgentServer
+) -> None:
+    config = make_config(tmp_path, agents.url)
+    async with running(config) as (core, adapter):
+        core.dispatcher._delivery_backoff = (3600.0,)
+        adapter.fail_next = 1
+        await core.dispatcher.submit(msg("hi"))
+        await adapter.wait_failures(1)
+        await core.dispatcher.wait_idle(parked=False)
         [left] = await core.store.unfinished()
         assert left.status is MessageStatus.ANSWERED and left.reply_text == "echo: hi"
-    async with running(config) as (core, adapter):
-        assert await core.dispatcher.resume() == 1
+        assert (await core.store.stats()).parked == 1
+    async with running(config, resume=False) as (core, adapter):
+        assert await core.dispatcher.resume() == 1  # a start tries parked replies at once
         assert await adapter.wait_replies(1) == ["echo: hi"]
+        assert adapter.replies[0][0].delivery_attempts == 1  # it may have been posted
         assert len(agents.chat_calls) == 1
 
 
@@ -271,8 +315,8 @@ async def test_resume_answers_pending_and_interrupted_messages(
         pending = await store.accept(msg("left pending", chat="p"))
         running_msg = await store.accept(msg("was running", chat="r"))
         assert pending is not None and running_msg is not None
-        await store.mark_running(running_msg.id)
-    async with running(config) as (core, adapter):
+        await crash_while_running(store, running_msg)
+    async with running(config, resume=False) as (core, adapter):
         assert await core.dispatcher.resume() == 2
         texts = await adapter.wait_replies(2)
         assert sorted(texts) == ["echo: left pending", "echo: was running"]
@@ -287,9 +331,8 @@ async def test_a_message_interrupted_too_often_gets_an_error_not_a_loop(
     async with Store(config.storage.url) as store:
         stored = await store.accept(msg("poison"))
         assert stored is not None
-        for _ in range(3):
-            await store.mark_running(stored.id)
-    async with running(config) as (core, adapter):
+        await crash_while_running(store, stored, times=3)
+    async with running(config, resume=False) as (core, adapter):
         await core.dispatcher.resume()
         [text] = await adapter.wait_replies(1)
         assert "went wrong" in text
@@ -339,7 +382,7 @@ async def test_unexpected_adapter_less_platform_waits_in_store(
     async with Store(config.storage.url) as store:
         other = IncomingMessage(ConversationKey("slack", "T1", "C1"), "ev1", "U1", "hi", "default")
         await store.accept(other)
-    async with running(config) as (core, _):
+    async with running(config, resume=False) as (core, _):
         assert await core.dispatcher.resume() == 0
         assert [m.text for m in await core.store.unfinished()] == ["hi"]
 
@@ -350,16 +393,29 @@ async def test_resumed_message_is_answered_before_a_newer_one_of_its_conversatio
     config = make_config(tmp_path, agents.url)
     async with Store(config.storage.url) as store:
         assert await store.accept(msg("older")) is not None
-    async with running(config) as (core, adapter):
-        agents.hold()
-        # A slow call in the same conversation keeps the worker busy, so both the
-        # newer message and the resumed older one wait in its queue.
-        other = await core.store.accept(msg("first"))
-        assert other is not None
-        core.dispatcher._schedule(other)
-        await agents.wait_for_calls(1)
+    async with running(config, resume=False) as (core, adapter):
+        # The adapters connect (and take new messages) before the dispatcher
+        # resumes: the newer message must still wait behind the older one.
         await core.dispatcher.submit(msg("newer"))
         await core.dispatcher.resume()
-        agents.release()
-        texts = await adapter.wait_replies(3)
-        assert texts.index("echo: older") < texts.index("echo: newer")
+        assert await adapter.wait_replies(2) == ["echo: older", "echo: newer"]
+
+
+async def test_an_over_long_reply_is_cut_with_a_note(
+    tmp_path: Path, agents: FakeAgentServer
+) -> None:
+    async with running(make_config(tmp_path, agents.url, max_reply_chars=100)) as (core, adapter):
+        agents.script(FakeResponse(json={"response": "y" * 500, "session_id": "s1"}))
+        await core.dispatcher.submit(msg("long please"))
+        [text] = await adapter.wait_replies(1)
+        assert text.startswith("y" * 100) and "y" * 101 not in text
+        assert "cut here" in text and "100 characters" in text
+
+
+async def test_text_the_database_would_refuse_is_cleaned_before_storing(
+    tmp_path: Path, agents: FakeAgentServer
+) -> None:
+    async with running(make_config(tmp_path, agents.url)) as (core, adapter):
+        await core.dispatcher.submit(msg("nul\x00 and lone \ud800 surrogate"))
+        [text] = await adapter.wait_replies(1)
+        assert text == "echo: nul\ufffd and lone \ufffd surrogate"

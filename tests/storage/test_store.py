@@ -30,6 +30,12 @@ def incoming(event_id: str, key: ConversationKey = KEY, **fields: object) -> Inc
     return IncomingMessage(key=key, event_id=event_id, **values)  # type: ignore[arg-type]
 
 
+async def hold(store: Store, owner: str) -> None:
+    """Register ``owner`` as a live instance and claim every conversation for it."""
+    await store.register_instance(owner, host=owner, pid=1, is_alive=lambda _pid: True)
+    await store.claim(owner, platforms=["slack", "telegram"], limit=100, lease_timeout=30)
+
+
 def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -46,7 +52,7 @@ async def test_open_migrates_and_reopening_is_a_no_op(db: Database) -> None:
     async with db.engine() as engine, engine.connect() as conn:
         tables = await conn.run_sync(lambda c: set(inspect(c).get_table_names()))
     assert {"conversations", "messages", "alembic_version"} <= tables
-    assert await db.execute("SELECT version_num FROM alembic_version") == [("0001",)]
+    assert await db.execute("SELECT version_num FROM alembic_version") == [("0002",)]
 
     async with db.store() as store:  # a restart keeps the data
         assert first is not None
@@ -145,23 +151,27 @@ async def test_status_transitions_and_attempts(store: Store) -> None:
     ok = await store.accept(incoming("ok"))
     bad = await store.accept(incoming("bad"))
     assert ok is not None and bad is not None
+    await hold(store, "me")
 
-    await store.mark_running(ok.id)
-    await store.mark_running(ok.id)  # a retry after a restart
+    assert await store.mark_running(ok, "me")
+    assert await store.mark_running(ok, "me")  # a retry after a restart
     running = {m.id: m for m in await store.unfinished()}
     assert running[ok.id].status is MessageStatus.RUNNING and running[ok.id].attempts == 2
     assert running[bad.id].status is MessageStatus.PENDING and running[bad.id].attempts == 0
 
-    await store.save_reply(ok.id, "the answer", error_kind=None)
-    await store.mark_running(bad.id)
-    await store.save_reply(bad.id, "sorry, out of credit", error_kind="insufficient_balance")
+    assert await store.save_answer(ok, "me", "the answer", error_kind=None)
+    assert await store.mark_running(bad, "me")
+    assert await store.save_answer(
+        bad, "me", "sorry, out of credit", error_kind="insufficient_balance"
+    )
     answered = {m.id: m for m in await store.unfinished()}
     assert answered[ok.id].status is MessageStatus.ANSWERED
     assert answered[ok.id].reply_text == "the answer" and answered[ok.id].error_kind is None
+    assert answered[ok.id].delivery_attempts == 1  # posting begins right after the save
     assert answered[bad.id].error_kind == "insufficient_balance"
 
-    await store.mark_delivered(ok.id)
-    await store.mark_delivered(bad.id)
+    assert await store.finish_delivery(ok, "me")
+    assert await store.finish_delivery(bad, "me")
     assert await store.unfinished() == []
     assert await store.count_unfinished() == 0
     assert store.dialect in ("sqlite", "postgresql")
@@ -170,18 +180,31 @@ async def test_status_transitions_and_attempts(store: Store) -> None:
 async def test_delivered_status_is_done_or_failed(store: Store, db: Database) -> None:
     ok = await store.accept(incoming("ok"))
     bad = await store.accept(incoming("bad"))
-    assert ok is not None and bad is not None
-    await store.save_reply(ok.id, "answer", error_kind=None)
-    await store.save_reply(bad.id, "sorry", error_kind="timeout")
-    await store.mark_delivered(ok.id)
-    await store.mark_delivered(bad.id)
-    rows = await db.execute("SELECT event_id, status FROM messages ORDER BY id")
-    assert rows == [("ok", "done"), ("bad", "failed")]
+    gone = await store.accept(incoming("gone"))
+    assert ok is not None and bad is not None and gone is not None
+    await hold(store, "me")
+    await store.save_answer(ok, "me", "answer", error_kind=None)
+    await store.save_answer(bad, "me", "sorry", error_kind="timeout")
+    await store.save_answer(gone, "me", "answer", error_kind=None)
+    await store.finish_delivery(ok, "me")
+    await store.finish_delivery(bad, "me")
+    await store.finish_delivery(gone, "me", undeliverable="undeliverable")
+    rows = await db.execute("SELECT event_id, status, error_kind FROM messages ORDER BY id")
+    assert rows == [
+        ("ok", "done", None),
+        ("bad", "failed", "timeout"),
+        ("gone", "failed", "undeliverable"),
+    ]
 
 
-async def test_updating_an_unknown_message_is_an_error(store: Store) -> None:
-    with pytest.raises(StorageError, match="message 999 does not exist"):
-        await store.mark_running(999)
+async def test_steps_without_the_lease_change_nothing(store: Store) -> None:
+    msg = await store.accept(incoming("e1"))
+    assert msg is not None
+    await hold(store, "owner")
+    assert not await store.mark_running(msg, "intruder")
+    assert not await store.save_answer(msg, "intruder", "x", error_kind=None)
+    [left] = await store.unfinished()
+    assert left.status is MessageStatus.PENDING and left.reply_text is None
 
 
 async def test_unfinished_round_trips_everything_in_order(store: Store) -> None:
@@ -193,9 +216,10 @@ async def test_unfinished_round_trips_everything_in_order(store: Store) -> None:
     second = await store.accept(incoming("s1", agent="analytics"))
     third = await store.accept(incoming("t2", key=topic))
     assert first is not None and second is not None and third is not None
-    await store.mark_running(second.id)
-    await store.save_reply(second.id, "x", error_kind=None)
-    await store.mark_delivered(second.id)
+    await hold(store, "me")
+    await store.mark_running(second, "me")
+    await store.save_answer(second, "me", "x", error_kind=None)
+    await store.finish_delivery(second, "me")
 
     pending = await store.unfinished()
     assert [m.id for m in pending] == [first.id, third.id]
@@ -216,9 +240,11 @@ async def test_purge_text_erases_old_finished_messages(store: Store, db: Databas
         msg = await store.accept(incoming(event))
         assert msg is not None
         ids[event] = msg.id
+    await hold(store, "me")
+    by_event = {m.event_id: m for m in await store.unfinished()}
     for event, kind in (("old-done", None), ("old-failed", "timeout"), ("new-done", None)):
-        await store.save_reply(ids[event], f"reply to {event}", error_kind=kind)
-        await store.mark_delivered(ids[event])
+        await store.save_answer(by_event[event], "me", f"reply to {event}", error_kind=kind)
+        await store.finish_delivery(by_event[event], "me")
     ten_days_ago = datetime.now(UTC) - timedelta(days=10)
     if db.backend == "sqlite":  # stored naive UTC, as the store writes it
         ten_days_ago = ten_days_ago.replace(tzinfo=None)
