@@ -194,6 +194,8 @@ class Daemon:
                     dispatcher=core.dispatcher,
                     adapters=self.adapters,
                     metrics=self.metrics,
+                    stuck_after=self.config.daemon.stuck_after,
+                    instance_id=core.instance.id,
                 )
             )
         names = ", ".join(self.platforms)

@@ -4,14 +4,23 @@ Off unless ``[daemon] http_listen = "host:port"`` is set. Bind it to
 127.0.0.1 (or a private interface): it needs no authentication because it
 reveals no message, no secret, only states and counters.
 
-``/healthz``: 200 when every adapter is connected and the database answers,
-503 otherwise, with a small JSON body naming what is wrong::
+``/healthz`` says what users feel: 200 when every adapter is connected and
+well, the database answers and takes writes, and no message waits too long;
+503 otherwise, with a small JSON body naming each problem::
 
     {"status": "ok", "adapters": {"telegram": "connected"}, "database": "ok",
-     "queue_depth": 0, "in_flight": 0, "problems": []}
+     "queue_depth": 0, "in_flight": 0, "unfinished": 0, "oldest_wait": 0,
+     "instance": "3f2a...", "problems": []}
+
+Problems: an adapter not connected, or reporting one (``telegram: polling
+stuck: ...``); the database unreachable; the last store write failed (``store:
+cannot save a reply ...``, until a write succeeds again); the oldest unfinished
+message (any instance's) waiting longer than ``daemon.stuck_after``
+(``stuck: the oldest unanswered message has waited 412 s``); shutting down.
 
 ``/metrics``: the Prometheus text exposition of `bridge.metrics.Metrics`; the
-queue-depth and in-flight gauges are read from the dispatcher at scrape time.
+queue gauges (unfinished, oldest age, parked replies, leases, in flight) are
+read at scrape time.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Protocol, Self
 
@@ -39,8 +49,21 @@ class HealthServerError(BridgeError):
     """The health server could not listen (address in use, bad interface)."""
 
 
+class _QueueStats(Protocol):
+    @property
+    def unfinished(self) -> int: ...
+
+    @property
+    def oldest_created_at(self) -> datetime | None: ...
+
+    @property
+    def parked(self) -> int: ...
+
+
 class _Store(Protocol):
     async def ping(self) -> None: ...
+
+    async def stats(self) -> _QueueStats: ...
 
 
 class _Adapter(Protocol):
@@ -53,6 +76,9 @@ class _Adapter(Protocol):
     @property
     def healthy(self) -> bool: ...
 
+    @property
+    def problem(self) -> str | None: ...
+
 
 class _Dispatcher(Protocol):
     @property
@@ -60,6 +86,9 @@ class _Dispatcher(Protocol):
 
     @property
     def in_flight(self) -> int: ...
+
+    @property
+    def store_problem(self) -> str | None: ...
 
 
 class HealthServer:
@@ -73,6 +102,8 @@ class HealthServer:
         dispatcher: _Dispatcher,
         adapters: Sequence[_Adapter],
         metrics: Metrics,
+        stuck_after: float = 300.0,
+        instance_id: str = "",
     ) -> None:
         self.listen = listen
         self.host, self.port = split_listen(listen)
@@ -80,6 +111,8 @@ class HealthServer:
         self.dispatcher = dispatcher
         self.adapters = list(adapters)
         self.metrics = metrics
+        self.stuck_after = stuck_after
+        self.instance_id = instance_id
         #: Set by the daemon when it starts shutting down: /healthz then says 503
         #: so that a balancer or a probe stops counting on this instance.
         self.stopping = False
@@ -120,8 +153,13 @@ class HealthServer:
             adapters[adapter.platform] = str(adapter.state)
             if not adapter.healthy:
                 problems.append(f"{adapter.platform}: {adapter.state}")
+            elif adapter.problem:
+                problems.append(f"{adapter.platform}: {adapter.problem}")
+        stats = None
         try:
-            await asyncio.wait_for(self.store.ping(), PING_TIMEOUT)
+            async with asyncio.timeout(PING_TIMEOUT):
+                await self.store.ping()
+                stats = await self.store.stats()
             database = "ok"
         except TimeoutError:
             database = f"unreachable: no answer within {PING_TIMEOUT:g} s"
@@ -129,6 +167,16 @@ class HealthServer:
             database = f"unreachable: {exc}"
         if database != "ok":
             problems.append(f"database: {database}")
+        if self.dispatcher.store_problem:
+            problems.append(f"store: {self.dispatcher.store_problem}")
+        oldest_wait = 0.0
+        if stats is not None:
+            oldest_wait = self._refresh_gauges(stats)
+            if oldest_wait > self.stuck_after:
+                problems.append(
+                    f"stuck: the oldest unanswered message has waited {oldest_wait:.0f} s "
+                    f"(daemon.stuck_after = {self.stuck_after:g})"
+                )
         if self.stopping:
             problems.append("stopping")
         body: dict[str, Any] = {
@@ -137,9 +185,20 @@ class HealthServer:
             "database": database,
             "queue_depth": self.dispatcher.queue_depth,
             "in_flight": self.dispatcher.in_flight,
+            "unfinished": stats.unfinished if stats is not None else None,
+            "oldest_wait": round(oldest_wait, 1),
+            "instance": self.instance_id,
             "problems": problems,
         }
         return not problems, body
+
+    def _refresh_gauges(self, stats: _QueueStats) -> float:
+        oldest = stats.oldest_created_at
+        wait = max(0.0, (datetime.now(UTC) - oldest).total_seconds()) if oldest else 0.0
+        self.metrics.unfinished.set(stats.unfinished)
+        self.metrics.oldest_unfinished.set(wait)
+        self.metrics.parked_replies.set(stats.parked)
+        return wait
 
     async def _healthz(self, request: web.Request) -> web.Response:
         ok, body = await self.health()
@@ -148,4 +207,9 @@ class HealthServer:
     async def _metrics(self, request: web.Request) -> web.Response:
         self.metrics.queue_depth.set(self.dispatcher.queue_depth)
         self.metrics.in_flight.set(self.dispatcher.in_flight)
+        try:
+            async with asyncio.timeout(PING_TIMEOUT):
+                self._refresh_gauges(await self.store.stats())
+        except (TimeoutError, BridgeError) as exc:
+            log.debug("queue gauges not refreshed: %s", exc)
         return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE})

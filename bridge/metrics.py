@@ -61,7 +61,7 @@ class Metrics:
         )
         self.queue_depth = Gauge(
             "agent_bridge_queue_depth",
-            "Messages accepted and waiting for their agent call.",
+            "Conversations this instance is answering now (their leases).",
             registry=r,
         )
         self.in_flight = Gauge(

@@ -5,14 +5,18 @@ from __future__ import annotations
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from adapters.base import AdapterState, ChatAdapter
 from bridge.app import Core, open_core
 from bridge.config import Config, parse_config
+from bridge.errors import StorageError
 from bridge.health import HealthServer, HealthServerError
 from bridge.metrics import Metrics
 from bridge.model import ConversationKey, InboxMessage, IncomingMessage, Reply
@@ -28,6 +32,11 @@ class LoopbackAdapter(ChatAdapter):
     def __init__(self, core: Core) -> None:
         super().__init__(core.dispatcher)
         self.replies: list[Reply] = []
+        self.trouble: str | None = None
+
+    @property
+    def problem(self) -> str | None:
+        return self.trouble
 
     async def start(self) -> None:
         self.state = AdapterState.CONNECTED
@@ -70,6 +79,8 @@ async def running(tmp_path: Path) -> AsyncIterator[Running]:
                 dispatcher=core.dispatcher,
                 adapters=[adapter],
                 metrics=metrics,
+                stuck_after=300,
+                instance_id=core.instance.id,
             )
             async with (
                 health,
@@ -87,6 +98,9 @@ async def test_healthz_is_200_when_all_is_well(running: Running) -> None:
         "database": "ok",
         "queue_depth": 0,
         "in_flight": 0,
+        "unfinished": 0,
+        "oldest_wait": 0,
+        "instance": running.core.instance.id,
         "problems": [],
     }
 
@@ -115,6 +129,57 @@ async def test_healthz_names_an_unreachable_database(running: Running, tmp_path:
     body = response.json()
     assert body["database"].startswith("unreachable: ")
     assert body["problems"] == [f"database: {body['database']}"]
+
+
+async def test_healthz_names_what_an_adapter_reports(running: Running) -> None:
+    running.adapter.trouble = "polling stuck: getUpdates failing for 95 s"
+    response = await running.http.get("/healthz")
+    assert response.status_code == 503
+    assert response.json()["problems"] == ["loopback: polling stuck: getUpdates failing for 95 s"]
+
+
+async def test_healthz_is_503_while_a_message_waits_too_long(
+    running: Running, tmp_path: Path
+) -> None:
+    # A message no adapter here can answer: it waits, and health says so.
+    await running.core.store.accept(
+        IncomingMessage(ConversationKey("elsewhere", "s", "c"), "ev-1", "u", "hi", "default")
+    )
+    assert (await running.http.get("/healthz")).status_code == 200
+    long_ago = (datetime.now(UTC) - timedelta(minutes=10)).replace(tzinfo=None)
+    await sql(tmp_path, "UPDATE messages SET created_at = :t", t=long_ago)
+    response = await running.http.get("/healthz")
+    assert response.status_code == 503
+    body = response.json()
+    assert body["unfinished"] == 1 and body["oldest_wait"] >= 600
+    [problem] = body["problems"]
+    assert problem.startswith("stuck: the oldest unanswered message has waited 6")
+    metrics = (await running.http.get("/metrics")).text
+    assert "agent_bridge_unfinished_messages 1.0" in metrics
+    assert "agent_bridge_oldest_unfinished_seconds 6" in metrics
+
+
+async def test_healthz_is_503_while_store_writes_fail(running: Running, tmp_path: Path) -> None:
+    await sql(tmp_path, "ALTER TABLE messages RENAME TO messages_away")
+    message = IncomingMessage(ConversationKey("loopback", "t", "c"), "ev-1", "u", "hi", "default")
+    with pytest.raises(StorageError):
+        await running.core.dispatcher.submit(message)
+    response = await running.http.get("/healthz")
+    assert response.status_code == 503
+    assert any(p.startswith("store: cannot accept a message") for p in response.json()["problems"])
+    await sql(tmp_path, "ALTER TABLE messages_away RENAME TO messages")
+    assert await running.core.dispatcher.submit(message)
+    assert (await running.http.get("/healthz")).status_code == 200
+    assert "agent_bridge_store_errors_total 1.0" in (await running.http.get("/metrics")).text
+
+
+async def sql(tmp_path: Path, statement: str, **params: object) -> None:
+    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'bridge.db'}")
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text(statement), params)
+    finally:
+        await engine.dispose()
 
 
 async def test_healthz_is_503_while_stopping(running: Running) -> None:
