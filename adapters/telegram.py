@@ -65,7 +65,7 @@ from adapters.telegram_polling import (
 )
 from adapters.telegram_render import Chunk, render
 from bridge.config import TelegramConfig
-from bridge.errors import AdapterError, StorageError
+from bridge.errors import AdapterError, ReplyUndeliverable, StorageError
 from bridge.logs import ThrottledLog
 from bridge.model import InboxMessage, Reply
 from bridge.web import ListenError, serve
@@ -107,10 +107,6 @@ class _Limiter(AIORateLimiter):
         return await super().process_request(
             callback, args, kwargs, endpoint, data, rate_limit_args
         )
-
-
-class _Undeliverable(Exception):
-    """The reply can never be posted (bot blocked, chat or topic gone)."""
 
 
 class TelegramAdapter(ChatAdapter):
@@ -185,10 +181,9 @@ class TelegramAdapter(ChatAdapter):
             await self.poller.start()
         self.state = AdapterState.CONNECTED
 
-    def _instance(self) -> Instance | None:
-        """The core's instance registry (leases), when the core has one."""
-        instance: Instance | None = getattr(self.dispatcher, "instance", None)
-        return instance
+    def _instance(self) -> Instance:
+        """The core's instance (heartbeat and leases): it elects the poller."""
+        return self.dispatcher.instance
 
     def _set_state(self, state: AdapterState) -> None:
         self.state = state
@@ -371,7 +366,7 @@ class TelegramAdapter(ChatAdapter):
         async def send() -> None:
             try:
                 await self._send_chunk(message.chat.id, thread, Chunk(text), message.message_id)
-            except (AdapterError, _Undeliverable) as exc:
+            except AdapterError as exc:
                 log.warning("could not answer in chat %d: %s", message.chat.id, exc)
 
         self._spawn(send())
@@ -386,15 +381,15 @@ class TelegramAdapter(ChatAdapter):
         thread = message.meta.get("thread_id")
         reply_to = int(message.reply_to) if message.reply_to else None
         chunks = render(reply.text)
-        done = self._progress.get(message.id, 0)
-        try:
-            for index in range(done, len(chunks)):
-                await self._send_chunk(
-                    chat_id, thread, chunks[index], reply_to if index == 0 else None
-                )
-                self._progress[message.id] = index + 1
-        except _Undeliverable as exc:
-            log.warning("message %d: the reply cannot be posted, dropped: %s", message.id, exc)
+        # Telegram cannot tell us whether a post went through before a crash:
+        # the pieces posted are noted in the store as they go, so a retry (here
+        # or after a restart) repeats at most the one piece in flight.
+        done = max(self._progress.get(message.id, 0), message.delivered_pieces)
+        for index in range(done, len(chunks)):
+            await self._send_chunk(chat_id, thread, chunks[index], reply_to if index == 0 else None)
+            self._progress[message.id] = index + 1
+            if index + 1 < len(chunks):
+                await self.dispatcher.note_pieces(message, index + 1)
         self._progress.pop(message.id, None)
 
     async def _send_chunk(
@@ -439,7 +434,7 @@ class TelegramAdapter(ChatAdapter):
         if isinstance(exc, Forbidden) or (
             isinstance(exc, BadRequest) and any(h in exc.message.lower() for h in _GONE_ERRORS)
         ):
-            return _Undeliverable(reason)
+            return ReplyUndeliverable(PLATFORM, reason)
         return AdapterError(PLATFORM, f"sendMessage failed: {reason}")
 
     @contextlib.asynccontextmanager

@@ -298,6 +298,16 @@ class Dispatcher:
     async def conversation(self, key: ConversationKey) -> Conversation | None:
         return await self._store.get_conversation(key)
 
+    async def note_pieces(self, message: InboxMessage, pieces: int) -> None:
+        """An adapter posted the first ``pieces`` pieces of a long reply: a retry,
+        here or in another process after a crash, starts after them. Best effort:
+        if the store fails, only this process remembers."""
+        try:
+            await self._store.note_pieces(message, self.instance.id, pieces)
+        except StorageError as exc:
+            self._store_failed(exc)
+            log.warning("message %d: could not note the pieces posted: %s", message.id, exc)
+
     def note_refused(self, platform: str) -> None:
         self.metrics.refused.labels(platform).inc()
 

@@ -98,6 +98,9 @@ class InboxMessage:
     #: attempt (perhaps in a process that crashed) may have posted some or all
     #: of it: an adapter that can read its own posts back checks before posting.
     delivery_attempts: int = 0
+    #: Pieces of a long reply (split to the platform's limit) already posted by
+    #: an earlier attempt: a retry starts after them.
+    delivered_pieces: int = 0
 
 
 @dataclass(frozen=True, slots=True)

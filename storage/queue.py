@@ -319,6 +319,16 @@ class Queue(Conversations):
             delivery_attempts=messages.c.delivery_attempts + 1,
         )
 
+    async def note_pieces(self, message: InboxMessage, owner: str, pieces: int) -> bool:
+        """Remember that the first ``pieces`` pieces of the reply are posted."""
+        return await self._step(
+            message,
+            owner,
+            "note the pieces posted",
+            (MessageStatus.ANSWERED,),
+            delivered_pieces=pieces,
+        )
+
     async def finish_delivery(
         self, message: InboxMessage, owner: str, *, undeliverable: str | None = None
     ) -> bool:
@@ -524,4 +534,5 @@ def _inbox_message(row: Row[Any]) -> InboxMessage:
         error_kind=m["error_kind"],
         created_at=m["created_at"],
         delivery_attempts=m["delivery_attempts"],
+        delivered_pieces=m["delivered_pieces"],
     )

@@ -127,6 +127,8 @@ messages = Table(
     Column("reply_text", Text, nullable=True),
     #: Times posting the reply was begun (>0: an earlier attempt may have posted).
     Column("delivery_attempts", Integer, nullable=False, server_default="0"),
+    #: Pieces of a long reply already posted (a retry starts after them).
+    Column("delivered_pieces", Integer, nullable=False, server_default="0"),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
     # The inbox's dedupe: one row per platform event, however often delivered.

@@ -513,6 +513,34 @@ async def test_a_blocked_bot_drops_the_reply_without_retrying_forever(
     await core.dispatcher.wait_idle()
     assert len(tg.calls_of("sendMessage")) == 1
     assert await core.store.unfinished() == []
+    metrics = core.metrics.render().decode()
+    assert 'agent_bridge_messages_failed_total{platform="telegram"} 1.0' in metrics
+
+
+async def test_a_restart_mid_reply_does_not_repeat_the_pieces_already_posted(
+    tmp_path: Path, tg: FakeTelegram, agents: FakeAgentServer
+) -> None:
+    config = make_config(tmp_path, tg, agents)
+    agents.script(FakeResponse(json={"response": long_markdown(), "session_id": "s", "usage": {}}))
+    # Telegram takes the first piece, then refuses everything for a while (the
+    # call being answered is already recorded when the predicate runs).
+    tg.fail_always(
+        "sendMessage",
+        FakeError(502, "Bad Gateway", when=lambda _p: len(tg.calls_of("sendMessage")) > 1),
+    )
+    async with running(config) as (core, _):
+        core.dispatcher._delivery_backoff = (3600.0,)
+        tg.push(private_text(ALICE, "report please"))
+        await tg.wait_for(lambda: len(tg.calls_of("sendMessage")) >= 2, within=10)
+        await core.dispatcher.wait_idle(parked=False)
+    first_piece = tg.calls_of("sendMessage")[0].params["text"]
+    tg.clear_failures()
+    async with running(config) as (core, _):
+        await core.dispatcher.wait_idle()
+    posted = [c.params["text"] for c in tg.calls_of("sendMessage") if c.ok]
+    assert posted.count(first_piece) == 1  # not repeated by the retry after the restart
+    assert len(posted) >= 3 and "result_149 = compute(149)" in "".join(posted)
+    assert len(agents.chat_calls) == 1
 
 
 # --- connection ------------------------------------------------------------------------------

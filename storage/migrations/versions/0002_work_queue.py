@@ -26,6 +26,10 @@ def upgrade() -> None:
         "messages",
         sa.Column("delivery_attempts", sa.Integer(), nullable=False, server_default="0"),
     )
+    op.add_column(
+        "messages",
+        sa.Column("delivered_pieces", sa.Integer(), nullable=False, server_default="0"),
+    )
     op.create_table(
         "instances",
         sa.Column("id", sa.String(), nullable=False),
@@ -48,6 +52,7 @@ def downgrade() -> None:
     op.drop_table("leases")
     op.drop_table("instances")
     with op.batch_alter_table("messages") as batch:
+        batch.drop_column("delivered_pieces")
         batch.drop_column("delivery_attempts")
     with op.batch_alter_table("conversations") as batch:
         batch.drop_column("not_before")
