@@ -202,6 +202,9 @@ class DispatcherConfig(_Section):
     max_input_chars: int = Field(16000, ge=1)
     #: A longer agent reply is cut there, with a note saying so.
     max_reply_chars: int = Field(40000, ge=100)
+    #: Seconds, at most, between attempts to post a reply the platform refuses
+    #: (the wait grows 1, 3, 10, 30 s... up to this), for as long as the bridge runs.
+    delivery_retry_max: float = Field(300, ge=1)
 
 
 class TelegramConfig(_Section):

@@ -125,7 +125,9 @@ class Dispatcher:
         self._config = config
         self._retention_days = retention_days
         self._poll_interval = poll_interval
-        self._delivery_backoff = tuple(delivery_backoff)
+        self._delivery_backoff = tuple(
+            min(delay, config.delivery_retry_max) for delay in delivery_backoff
+        )
         self._store_retry = tuple(store_retry)
         self._adapters: dict[str, ChatAdapter] = {}
         self._workers: dict[int, asyncio.Task[None]] = {}
