@@ -37,3 +37,35 @@ def test_manifest_subscribes_to_the_events_and_scopes_the_adapter_needs() -> Non
     assert re.search(r"^\s*- command: /agent$", text, re.M)
     assert re.search(r"^\s*socket_mode_enabled: true$", text, re.M)
     assert re.search(r"^\s*messages_tab_read_only_enabled: false$", text, re.M)
+
+
+#: The bot scopes each Web API method needs, from its method page on docs.slack.dev
+#: (for conversations.*: the scopes of the conversation types the bridge answers in).
+#: apps.connections.open takes the app-level token (connections:write, not a bot scope)
+#: and auth.test none.
+METHOD_SCOPES = {
+    "apps_connections_open": set(),
+    "auth_test": set(),
+    "chat_postMessage": {"chat:write"},
+    "chat_postEphemeral": {"chat:write"},
+    "conversations_replies": {"channels:history", "groups:history", "im:history"},
+    "conversations_history": {"channels:history", "groups:history", "im:history"},
+    "reactions_add": {"reactions:write"},
+    "reactions_remove": {"reactions:write"},
+}
+
+
+def test_every_web_api_method_the_adapter_calls_has_its_scopes() -> None:
+    adapters = MANIFEST.parent / "adapters"
+    source = "\n".join(p.read_text(encoding="utf-8") for p in adapters.glob("slack*.py"))
+    called = set(
+        re.findall(r"\.((?:apps|auth|chat|conversations|reactions|users|files)_\w+)\(", source)
+    )
+    # reactions.add/remove are passed as bound methods to the indicator helper.
+    called |= set(re.findall(r"client\.(reactions_\w+)\b", source))
+    assert called >= {"chat_postMessage", "conversations_replies", "conversations_history"}
+    unknown = called - METHOD_SCOPES.keys()
+    assert not unknown, f"add the scopes of {unknown} to METHOD_SCOPES and the manifest"
+    scopes = set(_list_under(MANIFEST.read_text(encoding="utf-8"), "bot"))
+    for method in called:
+        assert METHOD_SCOPES[method] <= scopes, method

@@ -20,9 +20,20 @@ Web API (``POST {api_url}<method>``): arguments are read from the query string, 
 body or a JSON body, as Slack does. The token comes from ``Authorization: Bearer`` (or a
 ``token`` argument). Methods answer like Slack: ``auth.test``, ``chat.postMessage``,
 ``chat.update``, ``chat.postEphemeral``, ``reactions.add``/``reactions.remove``,
+``conversations.replies``, ``conversations.history`` (GET, as slack_sdk sends them),
 ``assistant.threads.setStatus``, ``apps.connections.open`` (needs the app-level token;
 the others need the bot token: a wrong token gets ``invalid_auth``, the other kind of
 token ``not_allowed_token_type``). Unknown methods get ``unknown_method``.
+
+Messages: the fake keeps each channel's messages, as Slack would return them: the user
+messages delivered with ``send_event`` (or added with ``add_message``) and the bot's
+``chat.postMessage`` posts, with their ``metadata`` (given as an object or a JSON
+string). ``conversations.replies`` returns a thread (root first, then replies in ts
+order) and ``conversations.history`` a channel's top-level messages (newest first),
+both filtered by ``oldest``/``latest`` (exclusive unless ``inclusive``), paginated by
+``limit`` and an opaque ``cursor`` (``has_more``, ``response_metadata.next_cursor``,
+at most ``page_size`` messages a page), and with ``metadata`` only when
+``include_all_metadata`` is set, as Slack does.
 
 Scripting: ``slack.fail("chat.postMessage", error="ratelimited", status=429,
 headers={"Retry-After": "1"})`` makes the next call of that method fail that way (FIFO,
@@ -126,6 +137,11 @@ class FakeSlack:
         #: When set, new Socket Mode connections are refused (503).
         self.refuse_connections = False
         self.connection_count = 0
+        #: channel -> its messages, in the order they were posted or delivered.
+        self.messages: dict[str, list[dict[str, Any]]] = {}
+        #: The most messages one conversations.replies/history page holds (Slack may
+        #: return fewer than ``limit``).
+        self.page_size = 1000
         self._failures: dict[str, list[Failure]] = {}
         self._sockets: list[web.WebSocketResponse] = []
         self._changed = asyncio.Condition()
@@ -139,6 +155,7 @@ class FakeSlack:
     async def __aenter__(self) -> Self:
         app = web.Application()
         app.router.add_post("/api/{method}", self._api)
+        app.router.add_get("/api/{method}", self._api)
         app.router.add_get("/socket", self._socket)
         self._runner, self._port = await serve_loopback(app)
         return self
@@ -265,12 +282,71 @@ class FakeSlack:
             return {"ok": False, "error": "markdown_text_too_long"}
         if not (markdown or args.get("text") or args.get("blocks")):
             return {"ok": False, "error": "no_text"}
+        metadata = args.get("metadata")
+        if isinstance(metadata, str):
+            try:
+                metadata = jsonlib.loads(metadata)
+            except ValueError:
+                return {"ok": False, "error": "invalid_metadata_format"}
+        if metadata is not None and not (
+            isinstance(metadata, dict)
+            and isinstance(metadata.get("event_type"), str)
+            and isinstance(metadata.get("event_payload"), dict)
+        ):
+            return {"ok": False, "error": "invalid_metadata_format"}
         ts = self._next_ts()
         message = {"type": "message", "user": self.bot_user_id, "bot_id": self.bot_id, "ts": ts}
         if args.get("thread_ts"):
             message["thread_ts"] = args["thread_ts"]
         message["text"] = markdown or args.get("text") or ""
+        if metadata is not None:
+            message["metadata"] = metadata
+        self.messages.setdefault(channel, []).append(message)
         return {"ok": True, "channel": channel, "ts": ts, "message": message}
+
+    def add_message(self, channel: str, message: dict[str, Any]) -> None:
+        """Put a message in ``channel``'s history (e.g. another app's post)."""
+        self.messages.setdefault(channel, []).append(dict(message))
+
+    def _replies(self, args: dict[str, Any]) -> dict[str, Any]:
+        channel, root = args.get("channel"), args.get("ts")
+        if not channel or not root:
+            return {"ok": False, "error": "invalid_arguments"}
+        stored = self.messages.get(channel, [])
+        parent = [m for m in stored if m["ts"] == root]
+        replies = [m for m in stored if m.get("thread_ts") == root and m["ts"] != root]
+        if not parent and not replies:
+            return {"ok": False, "error": "thread_not_found"}
+        # The parent comes first on every page's start, as Slack returns it.
+        return self._page(args, parent + _window(sorted(replies, key=_ts_key), args))
+
+    def _history(self, args: dict[str, Any]) -> dict[str, Any]:
+        channel = args.get("channel")
+        if not channel:
+            return {"ok": False, "error": "channel_not_found"}
+        top = [
+            m
+            for m in self.messages.get(channel, [])
+            if m.get("thread_ts") in (None, m["ts"]) or m.get("subtype") == "thread_broadcast"
+        ]
+        return self._page(args, _window(sorted(top, key=_ts_key, reverse=True), args))
+
+    def _page(self, args: dict[str, Any], found: list[dict[str, Any]]) -> dict[str, Any]:
+        cursor = str(args.get("cursor") or "")
+        if cursor and not cursor.startswith("page:"):
+            return {"ok": False, "error": "invalid_cursor"}
+        start = int(cursor.removeprefix("page:")) if cursor else 0
+        limit = min(int(args.get("limit") or 100), self.page_size)
+        page = found[start : start + limit]
+        with_metadata = _flag(args.get("include_all_metadata"))
+        messages = [{k: v for k, v in m.items() if with_metadata or k != "metadata"} for m in page]
+        more = start + limit < len(found)
+        return {
+            "ok": True,
+            "messages": messages,
+            "has_more": more,
+            "response_metadata": {"next_cursor": f"page:{start + limit}" if more else ""},
+        }
 
     def _post_ephemeral(self, args: dict[str, Any]) -> dict[str, Any]:
         if not args.get("channel") or not args.get("user"):
@@ -402,7 +478,9 @@ class FakeSlack:
         retry_attempt: int | None = None,
         retry_reason: str | None = None,
     ) -> str:
-        """Deliver an Events API event over Socket Mode; return the envelope id."""
+        """Deliver an Events API event over Socket Mode; return the envelope id. A
+        message it carries joins its channel's history."""
+        self._remember(event)
         return await self.send_envelope(
             "events_api",
             self.event_payload(event, event_id=event_id),
@@ -519,6 +597,17 @@ class FakeSlack:
         event["event_ts"] = event["ts"]
         return event
 
+    def _remember(self, event: Any) -> None:
+        if not isinstance(event, dict) or event.get("type") not in ("message", "app_mention"):
+            return
+        channel, ts = event.get("channel"), event.get("ts")
+        if not isinstance(channel, str) or not isinstance(ts, str) or event.get("subtype"):
+            return
+        stored = self.messages.setdefault(channel, [])
+        if all(m["ts"] != ts for m in stored):  # a mention arrives twice
+            message = {k: v for k, v in event.items() if k not in ("channel", "event_ts")}
+            stored.append({**message, "type": "message"})
+
     # --- helpers ---------------------------------------------------------------------
 
     async def _wait(self, predicate: Any, within: float, what: str) -> None:
@@ -527,6 +616,31 @@ class FakeSlack:
                 await asyncio.wait_for(self._changed.wait_for(predicate), within)
             except TimeoutError:
                 raise AssertionError(f"fake Slack: timed out waiting for {what}") from None
+
+
+def _ts_key(message: dict[str, Any]) -> tuple[int, int]:
+    seconds, _, micros = str(message["ts"]).partition(".")
+    return int(seconds), int(micros or 0)
+
+
+def _flag(value: Any) -> bool:
+    return value in (True, 1, "1", "true")
+
+
+def _window(messages: list[dict[str, Any]], args: dict[str, Any]) -> list[dict[str, Any]]:
+    """The messages between ``oldest`` and ``latest`` (exclusive unless ``inclusive``)."""
+    inclusive = _flag(args.get("inclusive"))
+    oldest, latest = args.get("oldest"), args.get("latest")
+    low = _ts_key({"ts": oldest}) if oldest else None
+    high = _ts_key({"ts": latest}) if latest else None
+
+    def inside(m: dict[str, Any]) -> bool:
+        key = _ts_key(m)
+        if low is not None and (key < low or (key == low and not inclusive)):
+            return False
+        return high is None or key < high or (key == high and inclusive)
+
+    return [m for m in messages if inside(m)]
 
 
 def _error(error: str) -> web.Response:
@@ -540,6 +654,8 @@ _METHODS = {
     "chat.update": FakeSlack._update,
     "reactions.add": FakeSlack._reaction,
     "reactions.remove": FakeSlack._reaction,
+    "conversations.replies": FakeSlack._replies,
+    "conversations.history": FakeSlack._history,
     "assistant.threads.setStatus": FakeSlack._set_status,
     "apps.connections.open": FakeSlack._connections_open,
 }
