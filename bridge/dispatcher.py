@@ -171,7 +171,7 @@ class Dispatcher:
         claimed = 0
         if self._claimer is None and self._accepting:
             try:
-                claimed = await self._claim_round()
+                claimed = await self._claim_round(count=True)
             except StorageError as exc:
                 self._store_failed(exc)
                 log.error("cannot claim work yet: %s", exc)
@@ -339,9 +339,10 @@ class Dispatcher:
                     self._last_round_claimed = 0
                     self._changed.notify_all()
 
-    async def _claim_round(self) -> int:
+    async def _claim_round(self, *, count: bool = False) -> int:
         """Claim what this instance has room for; start a worker per conversation.
-        Returns how many unfinished messages the claimed conversations hold."""
+        With ``count``, returns how many unfinished messages the claimed
+        conversations hold (for the start-up log line)."""
         claimed: list[int] = []
         room = self._config.max_concurrency - len(self._workers)
         if room > 0 and self._accepting and self.instance.fresh:
@@ -368,8 +369,8 @@ class Dispatcher:
             self._rounds += 1
             self._last_round_claimed = len(claimed)
             self._changed.notify_all()
-        if not claimed:
-            return 0
+        if not (claimed and count):
+            return len(claimed)
         return await self._store.count_unfinished(conversation_ids=claimed)
 
     def _start_worker(self, conversation_id: int) -> None:
