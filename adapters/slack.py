@@ -133,6 +133,11 @@ class SlackAdapter(ChatAdapter):
         #: For reading our own posts back: no rate-limit retries (a ratelimited
         #: read-back is skipped, not waited for) and a short timeout.
         self._reader: AsyncWebClient | None = None
+        #: For reply pieces: only 429s are retried in place (Slack posted nothing). A
+        #: connection error or a 5xx may come after Slack posted the piece: a blind
+        #: retry could post it twice, so the attempt fails and the dispatcher's next
+        #: one reads back what is there (delivery_attempts > 0).
+        self._poster: AsyncWebClient | None = None
         self._app: AsyncApp | None = None
         self._socket: SlackSocket | None = None
         self._runner: web.AppRunner | None = None
@@ -153,6 +158,9 @@ class SlackAdapter(ChatAdapter):
             with_token=True,
             retry_handlers=[AsyncConnectionErrorRetryHandler(max_retry_count=1)],
             timeout=10,
+        )
+        self._poster = self._web_client(
+            with_token=True, retry_handlers=[AsyncRateLimitErrorRetryHandler(max_retry_count=5)]
         )
         self.identity = await self._auth_test(self._client)
         ident = self.identity
@@ -195,7 +203,7 @@ class SlackAdapter(ChatAdapter):
         if self._session is not None:
             await self._session.close()
             self._session = None
-        self._client = self._reader = None
+        self._client = self._reader = self._poster = None
         self.state = AdapterState.STOPPED
 
     async def check(self) -> str:
@@ -418,7 +426,9 @@ class SlackAdapter(ChatAdapter):
     # --- outgoing --------------------------------------------------------------------
 
     async def send_reply(self, message: InboxMessage, reply: Reply) -> None:
-        client = self._require_client()
+        self._require_client()
+        client = self._poster
+        assert client is not None
         pieces = split_markdown(reply.text, MARKDOWN_LIMIT) or ["…"]
         # What this process posted of it already (a retry after a failed piece)...
         done = set(range(self._posted_pieces.get(message.id, 0)))

@@ -228,3 +228,22 @@ async def test_a_first_delivery_reads_nothing_back_and_tags_its_pieces(
     assert post.args["metadata"] == meta(message_id, 0, 1)
     assert slack.calls_to("conversations.replies") == []  # no cost on the normal path
     assert slack.calls_to("conversations.history") == []
+
+
+async def test_a_post_whose_answer_was_lost_is_not_posted_again(
+    tmp_path: Path, slack: FakeSlack, agents: FakeAgentServer
+) -> None:
+    """Through the dispatcher and the store: Slack posted the reply, the answer never
+    arrived (a timeout, a network cut). The attempt fails without a blind retry, the
+    dispatcher tries again later with delivery_attempts > 0, and the read-back finds the
+    post: the user sees it once."""
+    slack.lose_response("chat.postMessage")
+    async with running(make_config(tmp_path, slack, agents), slack) as bridge:
+        mention = slack.mention("once only")
+        await bridge.deliver(mention)
+        assert await bridge.core.store.count_unfinished() == 0  # delivered in the end
+    ours = [m for m in slack.messages["C1"] if m.get("bot_id") == BOT_ID]
+    assert [m["text"] for m in ours] == ["echo: once only"]
+    assert len(slack.calls_to("chat.postMessage")) == 1
+    [read] = slack.calls_to("conversations.replies")
+    assert read.args["ts"] == mention["ts"]

@@ -37,7 +37,9 @@ at most ``page_size`` messages a page), and with ``metadata`` only when
 
 Scripting: ``slack.fail("chat.postMessage", error="ratelimited", status=429,
 headers={"Retry-After": "1"})`` makes the next call of that method fail that way (FIFO,
-one script entry per call). ``slack.calls`` records every Web API call as `ApiCall`;
+one script entry per call). ``slack.lose_response(method)`` lets the next call of
+``method`` take effect and then drops the connection before the answer, as a timeout or
+a network cut does after Slack acted. ``slack.calls`` records every Web API call as `ApiCall`;
 ``await slack.wait_call(method, n)`` waits until ``n`` calls of ``method`` arrived.
 
 Socket Mode: ``apps.connections.open`` returns ``ws://127.0.0.1:PORT/socket``. On
@@ -143,6 +145,7 @@ class FakeSlack:
         #: return fewer than ``limit``).
         self.page_size = 1000
         self._failures: dict[str, list[Failure]] = {}
+        self._lost: dict[str, int] = {}
         self._sockets: list[web.WebSocketResponse] = []
         self._changed = asyncio.Condition()
         self._ts = itertools.count(1)
@@ -204,6 +207,11 @@ class FakeSlack:
             method, error="ratelimited", status=429, headers={"Retry-After": str(retry_after)}
         )
 
+    def lose_response(self, method: str, *, times: int = 1) -> None:
+        """The next ``times`` calls of ``method`` take effect, but their answer is lost:
+        the connection closes before it is written."""
+        self._lost[method] = self._lost.get(method, 0) + times
+
     def calls_to(self, method: str) -> list[ApiCall]:
         return [c for c in self.calls if c.method == method]
 
@@ -254,7 +262,12 @@ class FakeSlack:
             if token in (self.app_token, self.bot_token):
                 return _error("not_allowed_token_type")
             return _error("invalid_auth")
-        return web.json_response(handler(self, args))
+        result = handler(self, args)
+        if self._lost.get(method):
+            self._lost[method] -= 1
+            assert request.transport is not None
+            request.transport.close()
+        return web.json_response(result)
 
     def _auth_test(self, args: dict[str, Any]) -> dict[str, Any]:
         return {
