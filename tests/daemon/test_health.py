@@ -146,7 +146,8 @@ async def test_healthz_is_503_while_a_message_waits_too_long(
         IncomingMessage(ConversationKey("elsewhere", "s", "c"), "ev-1", "u", "hi", "default")
     )
     assert (await running.http.get("/healthz")).status_code == 200
-    long_ago = (datetime.now(UTC) - timedelta(minutes=10)).replace(tzinfo=None)
+    # As SQLAlchemy stores it on SQLite (sqlite3's datetime adapter is deprecated).
+    long_ago = (datetime.now(UTC) - timedelta(minutes=10)).replace(tzinfo=None).isoformat(" ")
     await sql(tmp_path, "UPDATE messages SET created_at = :t", t=long_ago)
     response = await running.http.get("/healthz")
     assert response.status_code == 503

@@ -42,7 +42,8 @@ async def claim(store: Store, instance: str, limit: int = 10, **kwargs: object) 
 async def age_heartbeat(db: Database, instance: str, seconds: float) -> None:
     old = datetime.now(UTC) - timedelta(seconds=seconds)
     if db.backend == "sqlite":
-        old = old.replace(tzinfo=None)
+        # As SQLAlchemy stores it (sqlite3's own datetime adapter is deprecated).
+        old = old.replace(tzinfo=None).isoformat(" ")  # type: ignore[assignment]
     await db.execute("UPDATE instances SET heartbeat_at = :t WHERE id = :id", t=old, id=instance)
 
 

@@ -247,7 +247,8 @@ async def test_purge_text_erases_old_finished_messages(store: Store, db: Databas
         await store.finish_delivery(by_event[event], "me")
     ten_days_ago = datetime.now(UTC) - timedelta(days=10)
     if db.backend == "sqlite":  # stored naive UTC, as the store writes it
-        ten_days_ago = ten_days_ago.replace(tzinfo=None)
+        # As SQLAlchemy stores it (sqlite3's own datetime adapter is deprecated).
+        ten_days_ago = ten_days_ago.replace(tzinfo=None).isoformat(" ")  # type: ignore[assignment]
     for event in ("old-done", "old-failed", "old-pending"):
         await db.execute(
             "UPDATE messages SET updated_at = :t WHERE id = :id", t=ten_days_ago, id=ids[event]
