@@ -69,7 +69,7 @@ from adapters.slack_replies import posted_before, reply_metadata
 from adapters.slack_socket import TOKEN_ERRORS, SlackSocket
 from adapters.text import split_markdown
 from bridge.config import SlackConfig
-from bridge.errors import AdapterError, StorageError
+from bridge.errors import AdapterError, ReplyUndeliverable, StorageError
 from bridge.model import ConversationKey, InboxMessage, Reply
 from bridge.web import ListenError, serve
 
@@ -88,6 +88,12 @@ __all__ = [
 ]
 
 log = logging.getLogger("adapters.slack")
+
+#: Web API errors after which a post can never succeed (the channel is gone, archived,
+#: or the bot was removed): the reply ends as failed instead of being retried.
+GONE_ERRORS = frozenset(
+    {"channel_not_found", "is_archived", "not_in_channel", "thread_not_found", "restricted_action"}
+)
 
 #: ``markdown_text`` of chat.postMessage takes standard Markdown, up to 12,000 characters.
 MARKDOWN_LIMIT = 12_000
@@ -516,6 +522,9 @@ class SlackAdapter(ChatAdapter):
             return await call
         except SlackApiError as exc:
             error = exc.response.get("error", "unknown_error")
+            if error in GONE_ERRORS:
+                # Trying again cannot help: the dispatcher ends the reply as failed.
+                raise ReplyUndeliverable(PLATFORM, f"{method} failed: {error}") from None
             raise AdapterError(PLATFORM, f"{method} failed: {error}") from None
         except (aiohttp.ClientError, TimeoutError, SlackClientError) as exc:
             raise AdapterError(PLATFORM, f"{method} failed: {type(exc).__name__}") from exc

@@ -484,6 +484,18 @@ async def test_delivery_failure_is_retried_by_the_dispatcher_without_duplicate_p
     assert texts == ["A", "B", "B"]
 
 
+async def test_a_channel_gone_for_good_ends_the_reply_without_retrying(
+    tmp_path: Path, slack: FakeSlack, agents: FakeAgentServer
+) -> None:
+    slack.fail("chat.postMessage", error="channel_not_found", times=5)
+    async with running(make_config(tmp_path, slack, agents), slack) as bridge:
+        await bridge.deliver(slack.mention("anyone there?"))
+        assert await bridge.core.store.count_unfinished() == 0  # ended, not parked
+        metrics = bridge.core.metrics.render().decode()
+    assert len(slack.calls_to("chat.postMessage")) == 1
+    assert 'agent_bridge_messages_failed_total{platform="slack"} 1.0' in metrics
+
+
 async def test_agent_errors_reach_the_user_as_friendly_text(
     tmp_path: Path, slack: FakeSlack, agents: FakeAgentServer
 ) -> None:
