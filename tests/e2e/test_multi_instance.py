@@ -13,6 +13,7 @@ Each test prints one ``E2E ...`` line with its figures (also in the assertion me
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -261,6 +262,9 @@ async def test_telegram_webhook_three_instances_behind_a_balancer_with_a_crash(
         figures = await balanced_run(
             "A telegram webhook x3", tmp_path, pg_database, agents, platform
         )
+    # README, "Delivery guarantees": a reply Telegram took in the instant before the
+    # SIGKILL may be posted again (at most one per kill); Slack reads its posts back.
+    figures = dataclasses.replace(figures, tolerated_doubles=1)
     assert figures.ok, figures.line()
 
 
