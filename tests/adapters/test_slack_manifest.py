@@ -34,6 +34,8 @@ def test_manifest_subscribes_to_the_events_and_scopes_the_adapter_needs() -> Non
         "reactions:write",
         "commands",
     } <= scopes
+    # Nothing the bridge never uses: an admin approving the app sees only what it needs.
+    assert not scopes & {"im:read", "im:write"}
     assert re.search(r"^\s*- command: /agent$", text, re.M)
     assert re.search(r"^\s*socket_mode_enabled: true$", text, re.M)
     assert re.search(r"^\s*messages_tab_read_only_enabled: false$", text, re.M)
