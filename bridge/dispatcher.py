@@ -58,6 +58,7 @@ from bridge.model import (
     AgentReply,
     Conversation,
     ConversationKey,
+    Finished,
     InboxMessage,
     IncomingMessage,
     MessageStatus,
@@ -88,6 +89,7 @@ class _Next(enum.Enum):
     """What a worker does after one message."""
 
     CONTINUE = "continue"  # on to the conversation's next message
+    RELEASED = "released"  # nothing left: the conversation was given back
     STOP = "stop"  # lease lost, reply parked, or shutting down: give the conversation up
 
 
@@ -132,6 +134,7 @@ class Dispatcher:
         self._adapters: dict[str, ChatAdapter] = {}
         self._workers: dict[int, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
+        self._claiming = asyncio.Lock()
         self._changed = asyncio.Condition()
         self._rounds = 0
         self._last_round_claimed = 0
@@ -343,6 +346,13 @@ class Dispatcher:
         """Claim what this instance has room for; start a worker per conversation.
         With ``count``, returns how many unfinished messages the claimed
         conversations hold (for the start-up log line)."""
+        # One round at a time: `resume` and the claim loop (started by an early
+        # `submit`) may both want one, and a conversation this instance holds
+        # is claimable by it again; two rounds at once would start it twice.
+        async with self._claiming:
+            return await self._claim_round_locked(count=count)
+
+    async def _claim_round_locked(self, *, count: bool) -> int:
         claimed: list[int] = []
         room = self._config.max_concurrency - len(self._workers)
         if room > 0 and self._accepting and self.instance.fresh:
@@ -358,7 +368,8 @@ class Dispatcher:
                 if claim.taken_from is not None:
                     self.metrics.takeovers.inc()
                     log.warning(
-                        "took over conversation %d from instance %s, which stopped heartbeating",
+                        "took over conversation %d from instance %s, which is gone "
+                        "(it stopped heartbeating, or its process exited)",
                         claim.conversation_id,
                         claim.taken_from,
                     )
@@ -374,6 +385,8 @@ class Dispatcher:
         return await self._store.count_unfinished(conversation_ids=claimed)
 
     def _start_worker(self, conversation_id: int) -> None:
+        if conversation_id in self._workers:  # pragma: no cover - excluded from claims
+            return
         self._workers[conversation_id] = asyncio.create_task(
             self._work(conversation_id), name=f"conversation-{conversation_id}"
         )
@@ -404,8 +417,15 @@ class Dispatcher:
                 adapter = self._adapters.get(message.key.platform)
                 if adapter is None:  # pragma: no cover - claims are by registered platform
                     break
-                if await self._handle(adapter, message) is _Next.STOP:
-                    release = False  # parked (released already) or lost
+                outcome = await self._handle(adapter, message)
+                if outcome is _Next.RELEASED:
+                    # Given back with the last delivery. Wake the claim loop only if
+                    # this worker was holding the last free place.
+                    if len(self._workers) >= self._config.max_concurrency:
+                        self._wake.set()
+                    return
+                if outcome is _Next.STOP:
+                    release = False  # parked (given back) or lost
                     break
         except StorageError as exc:
             # The lease stays ours; the claim loop takes the conversation again
@@ -601,9 +621,12 @@ class Dispatcher:
             return _Next.STOP
         # Posted: from here on it is never posted again by this process, whatever
         # the store does; a failing write is retried until it lands.
+        finished = Finished.LOST
         for attempt in range(1_000_000):
             try:
-                await self._store.finish_delivery(message, owner, undeliverable=undeliverable)
+                finished = await self._store.finish_and_release(
+                    message, owner, undeliverable=undeliverable
+                )
                 break
             except StorageError as exc:
                 self._store_failed(exc)
@@ -614,7 +637,11 @@ class Dispatcher:
         else:
             self.metrics.failed.labels(platform).inc()
         log.info("message %d answered in %s", message.id, message.key)
-        return _Next.CONTINUE
+        if finished is Finished.KEPT:
+            return _Next.CONTINUE
+        if finished is Finished.RELEASED_WITH_WORK:
+            self._wake.set()
+        return _Next.RELEASED
 
     def _store_failed(self, exc: StorageError) -> None:
         self.metrics.store_errors.inc()

@@ -74,6 +74,15 @@ class MessageStatus(enum.StrEnum):
     FAILED = "failed"  # the agent could not answer; the friendly text was delivered
 
 
+class Finished(enum.Enum):
+    """What the store's ``finish_and_release`` did with the conversation."""
+
+    KEPT = "kept"  # more messages wait: the lease is still ours
+    RELEASED = "released"
+    RELEASED_WITH_WORK = "released, but a message arrived meanwhile: claim again"
+    LOST = "lost"  # the lease was gone: nothing changed
+
+
 @dataclass(frozen=True, slots=True)
 class InboxMessage:
     """A message as the store holds it."""

@@ -419,3 +419,20 @@ async def test_text_the_database_would_refuse_is_cleaned_before_storing(
         await core.dispatcher.submit(msg("nul\x00 and lone \ud800 surrogate"))
         [text] = await adapter.wait_replies(1)
         assert text == "echo: nul\ufffd and lone \ufffd surrogate"
+
+
+async def test_a_message_submitted_while_resuming_is_answered_once(
+    tmp_path: Path, agents: FakeAgentServer
+) -> None:
+    # An adapter submits just as the daemon's resume() claims: the claim loop
+    # (started by that submit) and resume's own round must not both start a
+    # worker for the conversation (both may claim it: it is this instance's).
+    async with running(make_config(tmp_path, agents.url), resume=False) as (core, adapter):
+        await asyncio.gather(
+            *(core.dispatcher.submit(msg(f"m{n}", chat=f"c{n}")) for n in range(3)),
+            core.dispatcher.resume(),
+        )
+        await adapter.wait_replies(3)
+        await core.dispatcher.wait_idle()
+        assert sorted(c.json["message"] for c in agents.chat_calls) == ["m0", "m1", "m2"]
+        assert len(adapter.replies) == 3

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.model import ConversationKey, MessageStatus, Usage
+from bridge.model import ConversationKey, Finished, MessageStatus, Usage
 from storage import Store
 from tests.storage.conftest import Database
 from tests.storage.test_store import incoming
@@ -238,3 +238,23 @@ async def test_a_new_sqlite_file_is_private_whatever_the_umask(tmp_path: Path) -
     finally:
         os.umask(old)
     assert modes == dict.fromkeys(names, 0o600)
+
+
+async def test_the_last_delivery_gives_the_conversation_back_in_its_transaction(
+    store: Store,
+) -> None:
+    first = await store.accept(incoming("a1", key=A))
+    second = await store.accept(incoming("a2", key=A))
+    assert first is not None and second is not None
+    await register(store, "i1")
+    await register(store, "i2")
+    await claim(store, "i1")
+    for msg in (first, second):
+        assert await store.save_answer(msg, "i1", "answer", error_kind=None)
+    assert await store.finish_and_release(first, "i1") is Finished.KEPT  # a2 still waits
+    assert await claim(store, "i2") == []
+    assert await store.finish_and_release(second, "i1") is Finished.RELEASED
+    third = await store.accept(incoming("a3", key=A))
+    assert third is not None
+    assert await claim(store, "i2") == [first.conversation_id]  # free at once
+    assert await store.finish_and_release(third, "i1") is Finished.LOST
