@@ -93,6 +93,10 @@ class _Next(enum.Enum):
     STOP = "stop"  # lease lost, reply parked, or shutting down: give the conversation up
 
 
+class _Cancelled(Exception):
+    """The message was cancelled (`Dispatcher.cancel`) during its agent call."""
+
+
 class Dispatcher:
     """Answers accepted messages through their conversation's agent.
 
@@ -133,6 +137,10 @@ class Dispatcher:
         self._store_retry = tuple(store_retry)
         self._adapters: dict[str, ChatAdapter] = {}
         self._workers: dict[int, asyncio.Task[None]] = {}
+        #: The agent call in flight per message id, for `cancel`.
+        self._calls: dict[
+            int, asyncio.Task[tuple[Reply, tuple[int, str | None, Usage] | None]]
+        ] = {}
         self._wake = asyncio.Event()
         self._claiming = asyncio.Lock()
         self._changed = asyncio.Condition()
@@ -300,6 +308,25 @@ class Dispatcher:
             await self._store.ensure_conversation(key, agent)
         log.info("conversation %s reset", key)
 
+    async def cancel(self, key: ConversationKey, event_id: str) -> bool:
+        """The sender gave up waiting for the answer to ``event_id``: finish the
+        message as failed (``cancelled``) unless its answer is stored already,
+        and stop its agent call if this instance is making it. It is not asked
+        again, here or after a restart. Returns whether it was cancelled."""
+        try:
+            message_id = await self._store.cancel(key.platform, event_id)
+        except StorageError as exc:
+            self._store_failed(exc)
+            raise
+        if message_id is None:
+            return False
+        call = self._calls.get(message_id)
+        if call is not None:
+            call.cancel()
+        self.metrics.failed.labels(key.platform).inc()
+        log.info("message %d in %s cancelled by its sender", message_id, key)
+        return True
+
     async def conversation(self, key: ConversationKey) -> Conversation | None:
         return await self._store.get_conversation(key)
 
@@ -461,7 +488,10 @@ class Dispatcher:
         if not self.instance.fresh:
             # Our heartbeat is late: another instance may be taking over. Start nothing.
             return _Next.STOP
-        reply, turn = await self._answer(adapter, message)
+        try:
+            reply, turn = await self._answer(adapter, message)
+        except _Cancelled:
+            return _Next.CONTINUE  # finished by `cancel`, which stored it as failed
         if reply is None:
             return _Next.STOP
         if not await self._save_answer(message, reply, turn):
@@ -493,10 +523,20 @@ class Dispatcher:
             return None, None
         self._in_flight += 1
         self.metrics.in_flight.set(self._in_flight)
+        call = asyncio.create_task(self._ask_agent(message), name=f"message-{message.id}")
+        self._calls[message.id] = call
         try:
             async with adapter.working(message):
-                return await self._ask_agent(message)
+                return await call
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the worker itself is cancelled (shutdown)
+            raise _Cancelled from None
         finally:
+            self._calls.pop(message.id, None)
+            if not call.done():
+                call.cancel()
             self._in_flight -= 1
             self.metrics.in_flight.set(self._in_flight)
 

@@ -11,6 +11,8 @@ A message's life, and who moves it (every transition is one statement here)::
                                 └─park: the platform refused; the conversation
                                   waits until ``not_before``, then is claimed again
 
+    pending | running ──cancel (the sender gave up)──> failed, error_kind "cancelled"
+
 Work is claimed per conversation, never per message: an instance takes a
 conversation's lease (``conversations.lease_owner``) with `claim`, answers its
 unfinished messages one at a time in inbox order (`next_message`), and gives
@@ -379,6 +381,28 @@ class Queue(Conversations):
                 .where(c.id == message.conversation_id, c.lease_owner == owner)
                 .values(lease_owner=None, not_before=self._later(retry_in))
             )
+
+    async def cancel(self, platform: str, event_id: str) -> int | None:
+        """The sender gave up on the message: status failed, error kind
+        ``cancelled``, if it is still pending or running, whoever holds the
+        lease (its next step is then refused, so the agent is not asked again,
+        here or after a restart). An answered message is left to be delivered:
+        its answer is paid for already. Returns the message's id, or None if
+        nothing was cancelled (unknown, answered or finished)."""
+        m = messages.c
+        statement = (
+            update(messages)
+            .where(
+                m.platform == platform,
+                m.event_id == event_id,
+                m.status.in_([MessageStatus.PENDING.value, MessageStatus.RUNNING.value]),
+            )
+            .values(status=MessageStatus.FAILED.value, error_kind="cancelled", updated_at=_now())
+            .returning(m.id)
+        )
+        async with self._write("cancel a message") as conn:
+            row = (await conn.execute(statement)).first()
+        return int(row.id) if row is not None else None
 
     # --- looking at the queue --------------------------------------------------------
 

@@ -258,3 +258,19 @@ async def test_the_last_delivery_gives_the_conversation_back_in_its_transaction(
     assert third is not None
     assert await claim(store, "i2") == [first.conversation_id]  # free at once
     assert await store.finish_and_release(third, "i1") is Finished.LOST
+
+
+async def test_a_cancelled_message_is_never_asked_again_but_an_answer_is_delivered(
+    store: Store,
+) -> None:
+    waiting = await store.accept(incoming("a1", key=A))
+    answered = await store.accept(incoming("b1", key=B))
+    assert waiting is not None and answered is not None
+    await register(store, "i1")
+    await claim(store, "i1")
+    assert await store.mark_running(waiting, "i1")
+    assert await store.save_answer(answered, "i1", "paid for", error_kind=None)
+    assert await store.cancel("telegram", "a1") == waiting.id
+    assert await store.cancel("telegram", "b1") is None  # its answer goes out
+    assert not await store.save_answer(waiting, "i1", "late", error_kind=None)
+    assert [m.event_id for m in await store.unfinished()] == ["b1"]
