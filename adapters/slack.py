@@ -69,7 +69,7 @@ from adapters.slack_replies import posted_before, reply_metadata
 from adapters.slack_socket import TOKEN_ERRORS, SlackSocket
 from adapters.text import split_markdown
 from bridge.config import SlackConfig
-from bridge.errors import AdapterError, ReplyUndeliverable, StorageError
+from bridge.errors import AdapterError, CredentialsRejected, ReplyUndeliverable, StorageError
 from bridge.model import ConversationKey, InboxMessage, Reply
 from bridge.web import ListenError, serve
 
@@ -95,6 +95,9 @@ GONE_ERRORS = frozenset(
     {"channel_not_found", "is_archived", "not_in_channel", "thread_not_found", "restricted_action"}
 )
 
+#: Web API errors that mean the token itself was refused: no retry can help.
+_REFUSED_TOKEN_ERRORS = TOKEN_ERRORS | {"not_allowed_token_type"}
+
 #: ``markdown_text`` of chat.postMessage takes standard Markdown, up to 12,000 characters.
 MARKDOWN_LIMIT = 12_000
 #: The reaction shown on the user's message while the agent works on it.
@@ -117,6 +120,7 @@ class SlackAdapter(ChatAdapter):
     ``connect_timeout`` are tuning knobs for tests; the defaults suit production."""
 
     platform = PLATFORM
+    reloadable = frozenset({"allowed_channels", "allowed_users", "allowed_teams"})
 
     def __init__(
         self,
@@ -183,7 +187,16 @@ class SlackAdapter(ChatAdapter):
                 watch_interval=self._watch_interval,
                 connect_timeout=self._connect_timeout,
             )
-            await self._socket.open()
+            try:
+                await self._socket.open()
+            except CredentialsRejected:
+                raise
+            except AdapterError as exc:
+                # adapters.slack_socket names a refused app token in its reason but
+                # raises the plain AdapterError: a refused token is for good.
+                if exc.reason.partition(":")[0] in _REFUSED_TOKEN_ERRORS:
+                    raise CredentialsRejected(PLATFORM, exc.reason) from None
+                raise
         else:
             await self._serve_http()
         self.state = AdapterState.CONNECTED
@@ -194,6 +207,18 @@ class SlackAdapter(ChatAdapter):
             ident.team,
             ident.team_id,
             self.config.mode,
+        )
+
+    def reload(self, config: object) -> None:
+        """New allowlists (SIGHUP), applied to the next event; the connection stays."""
+        if not isinstance(config, SlackConfig):
+            raise TypeError(f"expected a SlackConfig, not {type(config).__name__}")
+        self.config = config
+        log.info(
+            "Slack access reloaded: channels %s, users %s, teams %s",
+            _count(config.allowed_channels),
+            _count(config.allowed_users),
+            _count(config.allowed_teams),
         )
 
     async def stop(self) -> None:
@@ -245,8 +270,8 @@ class SlackAdapter(ChatAdapter):
             resp = await client.auth_test()
         except SlackApiError as exc:
             error = str(exc.response.get("error", "unknown_error"))
-            if error in TOKEN_ERRORS or error == "not_allowed_token_type":
-                raise AdapterError(PLATFORM, f"{error}: check slack.bot_token") from None
+            if error in _REFUSED_TOKEN_ERRORS:
+                raise CredentialsRejected(PLATFORM, f"{error}: check slack.bot_token") from None
             raise AdapterError(PLATFORM, f"auth.test failed: {error}") from None
         except (aiohttp.ClientError, TimeoutError, SlackClientError) as exc:
             raise AdapterError(
@@ -544,3 +569,7 @@ class SlackAdapter(ChatAdapter):
 def _label(value: object) -> str:
     """An id from a request body, fit for a log line (junk becomes ``?``)."""
     return value if isinstance(value, str) and 0 < len(value) <= 64 else "?"
+
+
+def _count(allowed: list[str]) -> str:
+    return "any" if "*" in allowed else str(len(allowed))

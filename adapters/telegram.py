@@ -65,7 +65,7 @@ from adapters.telegram_polling import (
 )
 from adapters.telegram_render import Chunk, render
 from bridge.config import TelegramConfig
-from bridge.errors import AdapterError, ReplyUndeliverable, StorageError
+from bridge.errors import AdapterError, CredentialsRejected, ReplyUndeliverable, StorageError
 from bridge.logs import ThrottledLog
 from bridge.model import InboxMessage, Reply
 from bridge.web import ListenError, serve
@@ -120,6 +120,7 @@ class TelegramAdapter(ChatAdapter):
     """
 
     platform = PLATFORM
+    reloadable = frozenset({"allowed_users", "allowed_chats"})
 
     def __init__(self, dispatcher: Dispatcher, config: TelegramConfig) -> None:
         super().__init__(dispatcher)
@@ -151,7 +152,7 @@ class TelegramAdapter(ChatAdapter):
         try:
             await self._app.initialize()  # getMe: checks the token
         except Exception as exc:
-            raise AdapterError(PLATFORM, self._reason(exc)) from None
+            raise self._start_error(exc) from None
         self.bot_id = self.events.bot_id = bot.id
         self.username = self.events.username = bot.username
         log.info("Telegram bot @%s (id %d) connected", self.username, self.bot_id)
@@ -167,7 +168,7 @@ class TelegramAdapter(ChatAdapter):
                 # A webhook left from an earlier setup would make getUpdates fail (409).
                 await bot.delete_webhook(drop_pending_updates=False)
             except TelegramError as exc:
-                raise AdapterError(PLATFORM, self._reason(exc)) from None
+                raise self._start_error(exc) from None
             self.poller = Poller(
                 bot,
                 self._requests[1],
@@ -180,6 +181,25 @@ class TelegramAdapter(ChatAdapter):
             )
             await self.poller.start()
         self.state = AdapterState.CONNECTED
+
+    def _start_error(self, exc: Exception) -> AdapterError:
+        """A refused token (401/404 on the token's URL: PTB's InvalidToken) is for
+        good; anything else at start (network, 5xx, 429, a conflicting poller) may pass."""
+        if isinstance(exc, InvalidToken):
+            return CredentialsRejected(PLATFORM, self._reason(exc))
+        return AdapterError(PLATFORM, self._reason(exc))
+
+    def reload(self, config: object) -> None:
+        """New allowlists (SIGHUP), applied to the next update; the connection stays."""
+        if not isinstance(config, TelegramConfig):
+            raise TypeError(f"expected a TelegramConfig, not {type(config).__name__}")
+        self.config = config
+        self.events.reload(config)
+        log.info(
+            "Telegram access reloaded: %d allowed user entries, %d allowed chats",
+            len(config.allowed_users),
+            len(config.allowed_chats),
+        )
 
     def _instance(self) -> Instance:
         """The core's instance (heartbeat and leases): it elects the poller."""
@@ -231,7 +251,7 @@ class TelegramAdapter(ChatAdapter):
             async with bot:
                 return f"@{bot.username} (id {bot.id})"
         except Exception as exc:
-            raise AdapterError(PLATFORM, self._reason(exc)) from None
+            raise self._start_error(exc) from None
         finally:
             for request in requests:
                 await request.shutdown()
@@ -280,6 +300,8 @@ class TelegramAdapter(ChatAdapter):
                 secret_token=secret.get_secret_value() if secret else None,
                 allowed_updates=UPDATE_TYPES,
             )
+        except InvalidToken as exc:
+            raise self._start_error(exc) from None
         except TelegramError as exc:
             raise AdapterError(PLATFORM, f"setWebhook failed: {self._reason(exc)}") from None
         log.info("Telegram webhook %s registered; listening on %s", url, self.config.listen)

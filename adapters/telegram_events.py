@@ -123,9 +123,15 @@ class TelegramEvents:
     has named the bot."""
 
     def __init__(self, config: TelegramConfig) -> None:
-        self.config = config
         self.bot_id = 0
         self.username = ""
+        #: Users told once in private that the bot is private; later messages get silence.
+        self._refused_users: set[int] = set()
+        self.reload(config)
+
+    def reload(self, config: TelegramConfig) -> None:
+        """Take a new config (the allowlists re-read on SIGHUP) for the next update."""
+        self.config = config
         users = config.allowed_users
         self._allow_anyone = "*" in users
         self._allowed_ids = {u for u in users if isinstance(u, int)}
@@ -133,8 +139,6 @@ class TelegramEvents:
             u[1:].lower() for u in users if isinstance(u, str) and u.startswith("@")
         }
         self._allowed_chats = set(config.allowed_chats)
-        #: Users told once in private that the bot is private; later messages get silence.
-        self._refused_users: set[int] = set()
 
     def route(self, update: Update) -> Action:
         if update.my_chat_member is not None:

@@ -7,9 +7,12 @@ to the store before returning, so the adapter may then acknowledge the event
 to the platform), and it posts the `Reply`s the dispatcher gives it.
 
 Lifecycle, owned by one lifespan (``async with adapter:``): ``start()``
-connects and raises `AdapterError` with the platform's reason when it cannot
-(bad token...); ``stop()`` disconnects and is safe to call after a failed
-start.
+connects and raises `AdapterError` with the platform's reason when it cannot:
+`CredentialsRejected` when the platform refused a token (no retry can help),
+any other `AdapterError` when it may pass (network, 5xx: the daemon starts it
+again later, on the same object); ``stop()`` disconnects and is safe to call
+after a failed start. ``reload()`` takes a re-read config section while
+connected (SIGHUP), for the keys named in ``reloadable``.
 
 Example::
 
@@ -47,6 +50,9 @@ class AdapterState(enum.StrEnum):
 class ChatAdapter(ABC):
     #: The platform name used in conversation keys, logs and metrics.
     platform: ClassVar[str]
+    #: The keys of the adapter's config section that `reload()` applies while
+    #: connected (the allowlists); a change to any other needs a restart.
+    reloadable: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, dispatcher: Dispatcher) -> None:
         self.dispatcher = dispatcher
@@ -78,6 +84,13 @@ class ChatAdapter(ABC):
         """Check the credentials live (e.g. ``auth.test``); return a one-line
         description of the identity, raise `AdapterError` with the reason."""
         return "no live check"
+
+    def reload(self, config: object) -> None:
+        """Take ``config``, the adapter's config section re-read on SIGHUP, without
+        reconnecting. The daemon passes the running section with only the
+        `reloadable` keys replaced; it is called only when one of them changed.
+        Default: nothing (an adapter with no `reloadable` keys)."""
+        return None
 
     @property
     def healthy(self) -> bool:

@@ -9,6 +9,7 @@ enter, with ``raise ... from exc``, so none travels through the core.
     ├── StorageError           the database failed or is unreachable
     │   └── MissingDriverError a database driver is not installed (names the extra)
     ├── AdapterError           a chat platform refused or failed (bad token, network)
+    │   ├── CredentialsRejected the platform refused a token: no retry can help
     │   └── ReplyUndeliverable a reply can never be posted (bot blocked, chat gone)
     └── AgentError             the agent could not answer; carries `user_message`
         ├── AgentInsufficientBalance   402
@@ -67,6 +68,13 @@ class AdapterError(BridgeError):
         self.platform = platform
         self.reason = reason
         super().__init__(f"{platform}: {reason}")
+
+
+class CredentialsRejected(AdapterError):
+    """The platform refused a token (Telegram's 401, Slack's ``invalid_auth``...);
+    the reason names the config key to check, never the token. `agent-bridge run`
+    exits on it (code 3) instead of retrying: any other `AdapterError` at start
+    may pass (network, 5xx) and is retried."""
 
 
 class ReplyUndeliverable(AdapterError):

@@ -3,7 +3,8 @@
 Under ``Type=notify`` systemd passes ``NOTIFY_SOCKET``, the path of a Unix
 datagram socket (``@name`` for the abstract namespace), and each datagram we
 send there is a list of ``KEY=VALUE`` lines: ``READY=1``, ``STATUS=...``,
-``WATCHDOG=1``, ``STOPPING=1`` (sd_notify(3)). With ``WatchdogSec=`` it also
+``WATCHDOG=1``, ``STOPPING=1``, ``RELOADING=1``, ``EXTEND_TIMEOUT_USEC=...``
+(sd_notify(3)). With ``WatchdogSec=`` it also
 passes ``WATCHDOG_USEC`` (and ``WATCHDOG_PID``, the process meant to ping): a
 service that does not send ``WATCHDOG=1`` within that interval is restarted.
 
@@ -12,6 +13,12 @@ since 2017, and ``systemd-python`` needs the libsystemd headers and a compiler
 at install time. The protocol is one ``sendto`` per message.
 
 Outside systemd (no ``NOTIFY_SOCKET``) every call is a no-op.
+
+A reload (SIGHUP) follows sd_notify(3)'s protocol: ``RELOADING=1`` with
+``MONOTONIC_USEC=`` (the ``CLOCK_MONOTONIC`` time it began, which systemd 253+
+uses to match it to the reload it asked for), then ``READY=1`` when done. A
+start that waits for a platform sends ``EXTEND_TIMEOUT_USEC=`` before each
+wait, so that ``TimeoutStartSec=`` bounds one attempt, not the whole outage.
 
 Example::
 
@@ -31,6 +38,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 
 log = logging.getLogger("bridge.notify")
@@ -92,6 +100,19 @@ class Notifier:
         line = " ".join(status.split())
         self._last_status = line
         self.notify("READY=1", f"STATUS={line}")
+
+    def reloading(self, status: str = "Reloading") -> None:
+        line = " ".join(status.split())
+        self._last_status = line
+        usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        self.notify("RELOADING=1", f"MONOTONIC_USEC={usec}", f"STATUS={line}")
+
+    def extend_timeout(self, seconds: float) -> None:
+        """``EXTEND_TIMEOUT_USEC=``: the start (or stop) may take ``seconds`` more
+        from now; systemd times it out only if no word comes within that long, and
+        only past the unit's own ``TimeoutStartSec=`` (systemd 236+; older ones
+        ignore it)."""
+        self.notify(f"EXTEND_TIMEOUT_USEC={max(int(seconds * 1_000_000), 1)}")
 
     def stopping(self, status: str = "Stopping") -> None:
         line = " ".join(status.split())

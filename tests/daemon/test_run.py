@@ -299,15 +299,16 @@ async def test_telegram_and_slack_in_one_loop(
     assert "hello from" not in bridge.stderr
 
 
-async def test_a_bad_token_fails_the_start_in_one_line(
+async def test_a_bad_token_fails_the_start_in_one_line_with_exit_3(
     tmp_path: Path, spawn: Spawn, notify_socket: NotifyListener
 ) -> None:
     async with FakeAgentServer() as agents, FakeTelegram() as telegram:
         config = write_config(tmp_path, agents=agents, telegram=telegram, token=BAD_TOKEN)
         bridge = spawn(config, NOTIFY_SOCKET=notify_socket.path)
         await bridge.start()
-        code = await bridge.wait()
-    assert code == 1
+        code = await bridge.wait(within=10)  # no retry: a refused token stays refused
+        assert len(telegram.calls_of("getMe")) == 1
+    assert code == 3  # the unit's RestartPreventExitStatus= does not restart it
     assert "Traceback" not in bridge.stderr
     [line] = [line for line in bridge.stderr_lines if "cannot start" in line]
     assert line.endswith("cannot start: telegram: Unauthorized: check telegram.bot_token")
@@ -315,7 +316,7 @@ async def test_a_bad_token_fails_the_start_in_one_line(
     assert notify_socket.with_key("READY") == []
 
 
-async def test_an_unusable_database_fails_the_start_in_one_line(
+async def test_a_database_folder_that_does_not_exist_fails_the_start_with_exit_2(
     tmp_path: Path, spawn: Spawn
 ) -> None:
     async with FakeAgentServer() as agents, FakeTelegram() as telegram:
@@ -324,7 +325,7 @@ async def test_an_unusable_database_fails_the_start_in_one_line(
         config.write_text(text)
         bridge = spawn(config)
         await bridge.start()
-        assert await bridge.wait() == 1
+        assert await bridge.wait() == 2  # storage.url is wrong: a config error, no retry
     assert "Traceback" not in bridge.stderr
     [line] = [line for line in bridge.stderr_lines if "cannot start" in line]
     assert "storage.url" in line and "/nonexistent/dir" in line

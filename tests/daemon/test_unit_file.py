@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from bridge.config import DaemonConfig
+from bridge.daemon import EXIT_CONFIG, EXIT_REJECTED
 
 UNIT = Path(__file__).resolve().parents[2] / "deploy" / "agent-bridge.service"
 EXEC_START = (
@@ -71,7 +72,9 @@ def test_unit_keeps_what_the_daemon_relies_on() -> None:
     # The stop timeout must leave room for the grace period plus closing.
     assert seconds(unit["TimeoutStopSec"][0]) >= DaemonConfig().shutdown_grace + 10
     assert unit["Restart"] == ["on-failure"]
-    assert unit["RestartPreventExitStatus"] == ["2"]  # config errors do not fix themselves
+    # A config error and a refused token do not fix themselves: no restart loop.
+    assert unit["RestartPreventExitStatus"] == [f"{EXIT_CONFIG} {EXIT_REJECTED}"]
+    assert unit["ExecReload"] == ["/bin/kill -HUP $MAINPID"]  # SIGHUP: the daemon reloads
     assert unit["StateDirectory"] == ["agent-bridge"]
     assert unit["ConfigurationDirectory"] == ["agent-bridge"]
     assert unit["DynamicUser"] == ["yes"]
