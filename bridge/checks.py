@@ -1,5 +1,7 @@
-"""Live checks for ``agent-bridge check``: is every credential accepted, is
-every service reachable, without sending a message or spending an agent turn.
+"""Checks for ``agent-bridge check``: warnings about a config that is valid but
+risky (`config_warnings`), then the live checks (`live_checks`): is every
+credential accepted, is every service reachable, without sending a message or
+spending an agent turn.
 
 - storage: the database answers (``Store.ping``);
 - agents.NAME: the backend's ``probe()`` (URL reachable, key accepted where the
@@ -16,6 +18,8 @@ every detail goes through `bridge.logs.redact` as a safety net.
 
 Example::
 
+    for warning in config_warnings(config):
+        print("!", warning)
     for result in await live_checks(config):
         print("✓" if result.ok else "✗", result.item, result.detail)
 """
@@ -42,6 +46,39 @@ class CheckResult:
     item: str
     ok: bool
     detail: str
+
+
+def config_warnings(config: Config) -> list[str]:
+    """What a valid config allows that its operator may not mean, one line each,
+    naming the key. Warnings never change ``check``'s exit code.
+
+    - ``telegram.allowed_users = ["*"]``: anyone who finds the bot uses the agent
+      (and its credit). In Slack ``"*"`` means the workspace's members (other
+      teams need ``allowed_teams``), so it is no warning there.
+    - ``"@username"`` entries: a username can be changed, or given up and taken by
+      someone else; the numeric id stays with the person.
+
+    A webhook without a secret is not a warning but an error (see
+    `bridge.config`): ``telegram.webhook_secret`` and ``slack.signing_secret``
+    are required in the modes that receive requests.
+    """
+    warnings: list[str] = []
+    tg = config.telegram
+    if tg is not None:
+        if "*" in tg.allowed_users:
+            warnings.append(
+                'telegram.allowed_users: "*" lets anyone on Telegram talk to the bot '
+                "(and spend the agent's credit); list user ids to close it"
+            )
+        names = [u for u in tg.allowed_users if isinstance(u, str) and u.startswith("@")]
+        if names:
+            listed = ", ".join(names)
+            warnings.append(
+                f"telegram.allowed_users: {listed} "
+                f"{'is a username' if len(names) == 1 else 'are usernames'}, which can change "
+                "hands; prefer numeric user ids (the bot's refusal tells each person theirs)"
+            )
+    return warnings
 
 
 async def live_checks(config: Config) -> list[CheckResult]:

@@ -13,6 +13,11 @@ Every problem is reported at once, one line each, naming the key::
     agents.default.backend: expected one of "thinnest", "peaka", "echo"
     agents.default.api_key: environment variable THINNEST_API_KEY is not set
     slack.alowed_users: unknown key; did you mean "allowed_users"?
+    slack.allowed_channels[0]: "general" is a name, not a channel id (C..., G... or D...)
+
+"At once" includes the checks across keys (an agent a platform names must
+exist, webhook mode needs a URL): they run on every key that validated, the
+keys that did not at their defaults, so fixing one error never reveals the next.
 
 Secrets are `pydantic.SecretStr`: their repr is ``SecretStr('**********')``
 and no error message ever includes a value.
@@ -26,19 +31,26 @@ Example::
 from __future__ import annotations
 
 import difflib
+import functools
+import json
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar, cast
+from urllib.parse import urlsplit
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
     SecretStr,
+    TypeAdapter,
     ValidationError,
+    ValidationInfo,
     field_validator,
 )
 
@@ -54,6 +66,7 @@ PEAKA_ZONES = {
 DEFAULT_CONFIG_NAME = "agent-bridge.toml"
 ENV_CONFIG = "AGENT_BRIDGE_CONFIG"
 DEFAULT_STORAGE_URL = "sqlite+aiosqlite:///agent-bridge.db"
+TELEGRAM_API_URL = "https://api.telegram.org/bot"
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -77,7 +90,52 @@ def split_listen(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-Listen = Annotated[str, Field(pattern=r".+:\d+$")]
+def _http_url(value: str) -> str:
+    try:
+        parts = urlsplit(value)
+        scheme, host = parts.scheme, parts.hostname
+    except ValueError:  # "http://[::1" and the like
+        scheme, host = "", None
+    if scheme not in ("http", "https") or not host:
+        raise ValueError('expected an http:// or https:// URL, e.g. "https://host/path"')
+    return value
+
+
+#: An http(s) URL with a host: ``htp//x`` is an error, not a connection failure later.
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
+
+
+def _id_check(
+    what: str, pattern: str, prefixes: str, *, also: Collection[str] = ()
+) -> Callable[[str], str]:
+    """A validator for one Slack id: its first letter tells what the id names."""
+    choices = [f"a {what} id ({prefixes})", *(f'"{a}"' for a in also)]
+    expected = ", ".join(choices[:-1]) + " or " + choices[-1] if len(choices) > 1 else choices[0]
+
+    def check(value: str) -> str:
+        if value in also or re.fullmatch(pattern, value):
+            return value
+        shown = json.dumps(value)[:40]
+        if re.fullmatch(pattern, value.upper()) and re.search(r"\d", value):  # "c0123"
+            raise ValueError(f"{shown}: Slack ids are upper case")
+        # "general", "#general", "@alice": the name people see, not the id Slack sends.
+        name = " is a name" if re.fullmatch(r"[#@]?[\w.-]+", value) else ""
+        raise ValueError(f"{shown}{name}: expected {expected}")
+
+    return check
+
+
+# Slack ids start with a letter that says what they are (https://api.slack.com/docs/conversations-api):
+# C public channel, G private channel or group DM, D direct message; U/W users (W in
+# Enterprise Grid); T workspaces, E Enterprise organisations.
+SlackChannel = Annotated[
+    str,
+    AfterValidator(_id_check("channel", r"[CGD][A-Z0-9]+", "C..., G... or D...", also=("*", "im"))),
+]
+SlackUser = Annotated[
+    str, AfterValidator(_id_check("user", r"[UW][A-Z0-9]+", "U... or W...", also=("*",)))
+]
+SlackTeam = Annotated[str, AfterValidator(_id_check("team", r"[TE][A-Z0-9]+", "T... or E..."))]
 
 
 class StorageConfig(_Section):
@@ -118,7 +176,7 @@ class ThinnestAgentConfig(_AgentBase):
     backend: Literal["thinnest"]
     agent_id: str = Field(min_length=1)
     api_key: SecretStr
-    base_url: str = "https://api.thinnest.ai"
+    base_url: HttpUrl = "https://api.thinnest.ai"
 
 
 class PeakaAgentConfig(_AgentBase):
@@ -126,7 +184,7 @@ class PeakaAgentConfig(_AgentBase):
     project_id: str = Field(min_length=1)
     api_key: SecretStr
     zone: Literal["us", "eu"] = "us"
-    base_url: str | None = None
+    base_url: HttpUrl | None = None
     no_execute: bool = False
 
     @property
@@ -178,6 +236,19 @@ class MessagesConfig(_Section):
         "An administrator can find the details in the bridge's logs."
     )
 
+    @field_validator("*")
+    @classmethod
+    def _placeholders(cls, value: str, info: ValidationInfo) -> str:
+        allowed = _MESSAGE_PLACEHOLDERS.get(info.field_name or "", frozenset())
+        used = re.findall(r"\{([^{}]*)\}", value)
+        if used and not allowed:
+            raise ValueError("takes no placeholders (write {{ and }} for braces)")
+        for name in used:
+            if name not in allowed:
+                names = ", ".join("{" + a + "}" for a in sorted(allowed))
+                raise ValueError(f"unknown placeholder {{{name}}} (use {names})")
+        return value
+
     def render(self, kind: str, **values: object) -> str:
         """The text for ``kind`` with its placeholders filled in."""
         template: str = getattr(self, kind, self.internal_error)
@@ -207,25 +278,38 @@ class DispatcherConfig(_Section):
     delivery_retry_max: float = Field(300, ge=1)
 
 
+def _telegram_user(value: int | str) -> int | str:
+    if isinstance(value, str) and value != "*" and not re.fullmatch(r"@\w{1,64}", value):
+        raise ValueError(
+            f'{json.dumps(value)[:40]}: expected a numeric user id, "@username" or "*"'
+        )
+    return value
+
+
+TelegramUser = Annotated[int | str, AfterValidator(_telegram_user)]
+
+
 class TelegramConfig(_Section):
     bot_token: SecretStr
     agent: str = "default"
-    allowed_users: list[int | str] = Field(min_length=1)
+    allowed_users: list[TelegramUser] = Field(min_length=1)
     allowed_chats: list[int] = Field(default_factory=list)
     group_trigger: Literal["mention", "all"] = "mention"
     chat_agents: dict[str, str] = Field(default_factory=dict)
     mode: Literal["polling", "webhook"] = "polling"
-    webhook_url: str | None = None
+    webhook_url: HttpUrl | None = None
     webhook_secret: SecretStr | None = None
     listen: str = "127.0.0.1:8443"
-    api_url: str = "https://api.telegram.org/bot"
+    api_url: HttpUrl = TELEGRAM_API_URL
 
-    @field_validator("allowed_users")
+    @field_validator("webhook_secret")
     @classmethod
-    def _users(cls, value: list[int | str]) -> list[int | str]:
-        for item in value:
-            if isinstance(item, str) and item != "*" and not re.fullmatch(r"@\w{1,64}", item):
-                raise ValueError('expected numeric user ids, "@username" or "*"')
+    def _secret(cls, value: SecretStr | None) -> SecretStr | None:
+        # Telegram's rule for secret_token (https://core.telegram.org/bots/api#setwebhook).
+        if value is not None and not re.fullmatch(
+            r"[A-Za-z0-9_-]{1,256}", value.get_secret_value()
+        ):
+            raise ValueError("use 1-256 characters A-Z, a-z, 0-9, _ and -")
         return value
 
     @field_validator("listen")
@@ -238,21 +322,29 @@ class SlackConfig(_Section):
     bot_token: SecretStr
     app_token: SecretStr | None = None
     agent: str = "default"
-    allowed_channels: list[str] = Field(default_factory=lambda: ["*"])
-    allowed_users: list[str] = Field(default_factory=lambda: ["*"])
-    allowed_teams: list[str] = Field(default_factory=list)
+    allowed_channels: list[SlackChannel] = Field(default_factory=lambda: ["*"])
+    allowed_users: list[SlackUser] = Field(default_factory=lambda: ["*"])
+    allowed_teams: list[SlackTeam] = Field(default_factory=list)
+    # Keys checked in _cross_check, so that a bad one does not hide the agent names.
     channel_agents: dict[str, str] = Field(default_factory=dict)
     thread_followups: bool = True
     mode: Literal["socket", "http"] = "socket"
     signing_secret: SecretStr | None = None
     listen: str = "127.0.0.1:3000"
     path: str = "/slack/events"
-    api_url: str = "https://slack.com/api/"
+    api_url: HttpUrl = "https://slack.com/api/"
 
     @field_validator("listen")
     @classmethod
     def _listen(cls, value: str) -> str:
         return _parse_listen(value)
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError('expected a path starting with "/"')
+        return value
 
 
 class DaemonConfig(_Section):
@@ -322,17 +414,28 @@ def parse_config(
     env = os.environ if environ is None else environ
     problems: list[str] = []
     resolved = _resolve(dict(raw), (), env, base_dir, problems)
+    config: Config | None = None
     try:
         config = Config.model_validate(resolved)
     except ValidationError as exc:
-        for err in exc.errors(include_input=False):
+        errors = exc.errors(include_input=False)
+        for err in errors:
             line = _describe(err)
             # A secret whose ${VAR} or _file already failed is not also "missing".
             if not _reported(problems, line.partition(":")[0]):
                 problems.append(line)
-        raise ConfigError(_unique(problems)) from None
-    problems.extend(_cross_check(config))
-    if problems:
+        failed = [tuple(err["loc"]) for err in errors]
+        telegram = _validated_part(TelegramConfig, resolved.get("telegram"), "telegram", failed)
+        slack = _validated_part(SlackConfig, resolved.get("slack"), "slack", failed)
+        agents = resolved.get("agents")
+        names = list(agents) if isinstance(agents, dict) else []
+    else:
+        telegram, slack, names = config.telegram, config.slack, list(config.agents)
+    for line in _cross_check(names, telegram, slack):
+        # A key whose own value is wrong is not also wrong with its neighbours.
+        if not _reported(problems, line.partition(":")[0]):
+            problems.append(line)
+    if problems or config is None:
         raise ConfigError(_unique(problems))
     return config.model_copy(
         update={
@@ -341,6 +444,34 @@ def parse_config(
             )
         }
     )
+
+
+_Part = TypeVar("_Part", bound=_Section)
+
+
+def _validated_part(
+    model: type[_Part], raw: Any, section: str, failed: list[tuple[Any, ...]]
+) -> _Part | None:
+    """The part of a section that validated, for the cross-checks: its keys
+    that passed, the others (and the missing ones) at their defaults."""
+    if not isinstance(raw, dict) or (section,) in failed:
+        return None
+    bad = {loc[1] for loc in failed if len(loc) > 1 and loc[0] == section}
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in model.model_fields and key not in bad:
+            try:
+                values[key] = _field_adapter(model, key).validate_python(value)
+            except ValidationError:  # cannot happen: the key passed; be safe anyway
+                continue
+    return cast(_Part, model.model_construct(**values))
+
+
+@functools.cache
+def _field_adapter(model: type[_Section], key: str) -> TypeAdapter[Any]:
+    field = model.model_fields[key]
+    annotated: Any = Annotated[field.annotation, field]  # the field's type and constraints
+    return TypeAdapter(annotated, config=ConfigDict(strict=True))
 
 
 def _reported(problems: list[str], where: str) -> bool:
@@ -352,7 +483,7 @@ def _unique(items: list[str]) -> list[str]:
 
 
 def _resolve(
-    node: Any, path: tuple[str, ...], env: Mapping[str, str], base: Path, problems: list[str]
+    node: Any, path: tuple[str | int, ...], env: Mapping[str, str], base: Path, problems: list[str]
 ) -> Any:
     """Expand ``${VAR}`` everywhere and turn ``X_file`` secrets into ``X``."""
     if isinstance(node, str):
@@ -366,7 +497,7 @@ def _resolve(
 
         return _ENV_REF.sub(sub, node)
     if isinstance(node, list):
-        return [_resolve(item, (*path, str(i)), env, base, problems) for i, item in enumerate(node)]
+        return [_resolve(item, (*path, i), env, base, problems) for i, item in enumerate(node)]
     if not isinstance(node, dict):
         return node
     out: dict[str, Any] = {}
@@ -384,6 +515,8 @@ def _resolve(
         if not isinstance(file_value, str):
             problems.append(f"{where}: expected a file path (a string)")
             continue
+        if _reported(problems, where):
+            continue  # its ${VAR} is unset: reading what is left ("" = the folder) says nothing
         file_path = Path(file_value).expanduser()
         if not file_path.is_absolute():
             file_path = base / file_path
@@ -399,7 +532,9 @@ def _resolve(
 
 
 def _dotted(path: tuple[str | int, ...]) -> str:
-    return ".".join(str(p) for p in path) or "(top level)"
+    """``("slack", "allowed_users", 0)`` -> ``slack.allowed_users[0]``."""
+    text = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path)
+    return text.removeprefix(".") or "(top level)"
 
 
 _TYPE_WORDS = {
@@ -425,7 +560,7 @@ def _describe(err: Mapping[str, Any]) -> str:
     where = _dotted(loc)
     if kind == "extra_forbidden":
         noun = "unknown section" if len(loc) == 1 else "unknown key"
-        hint = _did_you_mean(loc)
+        hint = _did_you_mean(tuple(str(p) for p in loc))
         return f"{where}: {noun}{hint}"
     if kind == "missing":
         return f"{where}: missing (required)"
@@ -446,16 +581,16 @@ def _describe(err: Mapping[str, Any]) -> str:
     return f"{where}: {message[:1].lower()}{message[1:]}"
 
 
-def _clean_loc(loc: tuple[Any, ...]) -> tuple[str, ...]:
+def _clean_loc(loc: tuple[Any, ...]) -> tuple[str | int, ...]:
     # pydantic puts the union member's tag in the path (agents.default.thinnest.agent_id)
     # and "int"/"str" for members of `int | str`; neither is a key the user wrote.
-    out: list[str] = []
+    out: list[str | int] = []
     for i, part in enumerate(loc):
         if i == 2 and loc[0] == "agents" and part in BACKENDS:
             continue
         if part in ("int", "str"):
             continue
-        out.append(str(part))
+        out.append(part if isinstance(part, int) else str(part))
     return tuple(out)
 
 
@@ -494,36 +629,22 @@ def _model_of(annotation: Any) -> Any:
     return None
 
 
-def _cross_check(config: Config) -> list[str]:
+def _cross_check(
+    agent_names: Collection[str], tg: TelegramConfig | None, sl: SlackConfig | None
+) -> list[str]:
+    """Checks across keys, on what validated (see `_validated_part`)."""
     problems: list[str] = []
-    for name in config.agents:
+    for name in agent_names:
         if not _NAME.match(name):
             problems.append(f"agents.{name}: agent names may use letters, digits, - and _")
-    for key, allowed in _MESSAGE_PLACEHOLDERS.items():
-        template = getattr(config.messages, key)
-        for field_name in re.findall(r"\{([^{}]*)\}", template):
-            if field_name not in allowed:
-                names = ", ".join("{" + a + "}" for a in sorted(allowed))
-                problems.append(
-                    f"messages.{key}: unknown placeholder {{{field_name}}} (use {names})"
-                )
-    for key in MessagesConfig.model_fields:
-        if key in _MESSAGE_PLACEHOLDERS:
-            continue
-        template = getattr(config.messages, key)
-        if re.search(r"\{[^{}]*\}", template):
-            problems.append(
-                f"messages.{key}: takes no placeholders (write {{{{ and }}}} for braces)"
-            )
 
     def agent_ref(where: str, name: str) -> None:
-        if name not in config.agents:
-            hint = difflib.get_close_matches(name, list(config.agents), n=1)
+        if name not in agent_names:
+            hint = difflib.get_close_matches(name, list(agent_names), n=1)
             extra = f'; did you mean "{hint[0]}"?' if hint else ""
             problems.append(f'{where}: no agent named "{name}" (define [agents.{name}]){extra}')
 
-    if config.telegram is not None:
-        tg = config.telegram
+    if tg is not None:
         agent_ref("telegram.agent", tg.agent)
         for chat, name in tg.chat_agents.items():
             if not re.fullmatch(r"-?\d+", chat):
@@ -532,23 +653,27 @@ def _cross_check(config: Config) -> list[str]:
         if tg.mode == "webhook":
             if not tg.webhook_url:
                 problems.append('telegram.webhook_url: required when mode = "webhook"')
+            elif tg.api_url == TELEGRAM_API_URL and not tg.webhook_url.startswith("https://"):
+                # A local Bot API server (telegram.api_url) also posts over http://.
+                problems.append(
+                    "telegram.webhook_url: expected an https:// URL (Telegram posts "
+                    "webhooks over HTTPS only)"
+                )
             if tg.webhook_secret is None:
                 problems.append('telegram.webhook_secret: required when mode = "webhook"')
-            elif not re.fullmatch(r"[A-Za-z0-9_-]{1,256}", tg.webhook_secret.get_secret_value()):
-                problems.append(
-                    "telegram.webhook_secret: use 1-256 characters A-Z, a-z, 0-9, _ and -"
-                )
-    if config.slack is not None:
-        sl = config.slack
+    if sl is not None:
         agent_ref("slack.agent", sl.agent)
+        check_channel = _id_check("channel", r"[CGD][A-Z0-9]+", "C..., G... or D...")
         for channel, name in sl.channel_agents.items():
+            try:
+                check_channel(channel)
+            except ValueError as exc:
+                problems.append(f"slack.channel_agents.{channel}: {exc}")
             agent_ref(f"slack.channel_agents.{channel}", name)
         if sl.mode == "socket" and sl.app_token is None:
             problems.append('slack.app_token: required in Socket Mode (or set mode = "http")')
         if sl.mode == "http" and sl.signing_secret is None:
             problems.append('slack.signing_secret: required when mode = "http"')
-        if not sl.path.startswith("/"):
-            problems.append('slack.path: expected a path starting with "/"')
     return problems
 
 
@@ -566,3 +691,70 @@ def _resolve_sqlite_path(url: str, base_dir: Path) -> str:
         return url
     absolute = (base_dir / database).resolve()
     return parsed.set(database=str(absolute)).render_as_string(hide_password=False)
+
+
+# --- writing (agent-bridge init) -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SecretRef:
+    """Where the bridge reads a secret from, never the secret itself: written as
+    ``key = "${VAR}"`` (``env``) or ``key_file = "/path"`` (``file``).
+
+    Example::
+
+        to_toml({"agents.default": {"backend": "thinnest", "agent_id": "ag_1",
+                                    "api_key": SecretRef(env="THINNEST_API_KEY")}})
+    """
+
+    env: str | None = None
+    file: str | None = None
+
+
+#: Sections for `to_toml`: ``{"agents.default": {"backend": "echo"}, ...}``.
+Sections = Mapping[str, Mapping[str, Any]]
+
+
+def to_toml(sections: Sections, *, header: str = "") -> str:
+    """A config file's text: one ``[section]`` per entry, in order."""
+    lines = [f"# {line}".rstrip() for line in header.splitlines()]
+    for name, values in sections.items():
+        if lines:
+            lines.append("")
+        lines.append(f"[{name}]")
+        for key, value in values.items():
+            if isinstance(value, SecretRef):
+                if value.file is not None:
+                    lines.append(f"{key}_file = {_toml_value(value.file)}")
+                else:
+                    lines.append(f'{key} = "${{{value.env}}}"')
+            else:
+                lines.append(f"{key} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        # A JSON string is a TOML basic string: same quotes, same escapes.
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"no TOML form for {type(value).__name__}")
+
+
+def check_sections(sections: Sections, *, base_dir: Path) -> None:
+    """Validate sections before they are written, every `SecretRef` taken as set
+    (the variables and files may not exist yet); `ConfigError` names the keys."""
+    raw: dict[str, Any] = {}
+    for name, values in sections.items():
+        node = raw
+        for part in name.split("."):
+            node = node.setdefault(part, {})
+        for key, value in values.items():
+            # Any value passes for a secret, except webhook_secret's character rule.
+            node[key] = "placeholder" if isinstance(value, SecretRef) else value
+    parse_config(raw, base_dir=base_dir, environ={})

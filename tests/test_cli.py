@@ -182,3 +182,111 @@ async def test_version_and_help(tmp_path: Path) -> None:
 async def test_unknown_agent_for_chat(tmp_path: Path, agent: str) -> None:
     code, _, err = await run_cli("chat", "--agent", agent, cwd=tmp_path)
     assert code == 2 and "--agent: no agent named 'nope'" in err
+
+
+async def test_sessions_alone_prints_the_sessions_help(tmp_path: Path) -> None:
+    code, out, err = await run_cli("sessions", cwd=tmp_path)
+    assert code == 2
+    assert "usage: agent-bridge sessions" in err
+    assert "list" in err and "reset" in err
+    assert "chat" not in out + err  # not the top-level help
+    code, _, err = await run_cli("db", cwd=tmp_path)
+    assert code == 2 and "usage: agent-bridge db" in err and "upgrade" in err
+
+
+@pytest.mark.parametrize("command", ["list", "reset"])
+async def test_a_wrong_platform_names_the_choices(tmp_path: Path, command: str) -> None:
+    code, out, err = await run_cli("sessions", command, "--platform", "slak", cwd=tmp_path)
+    assert code == 2 and out == ""
+    assert "invalid choice: 'slak'" in err
+    assert "'slack', 'telegram', 'console'" in err
+
+
+async def test_check_says_an_open_bot_is_open_and_warns(tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path,
+        '[agents.default]\nbackend = "echo"\n\n'
+        '[telegram]\nbot_token = "${TG}"\nallowed_users = ["*", "@alice"]\n',
+    )
+    code, out, err = await run_cli(
+        "check", "--offline", "--config", str(config), cwd=tmp_path, env={"TG": "1:secret"}
+    )
+    assert code == 0, err  # warnings do not change the exit code
+    assert "anyone can talk to the bot" in out
+    assert "allowed user entr" not in out
+    assert "! 2 warnings:" in out
+    assert 'telegram.allowed_users: "*" lets anyone on Telegram talk to the bot' in out
+    assert "telegram.allowed_users: @alice is a username" in out
+    assert "1:secret" not in out + err
+
+
+@pytest.mark.parametrize(
+    ("flags", "configured", "expected"),
+    [
+        ([], "warning", "warning"),
+        (["-v"], "warning", "info"),
+        (["-vv"], "info", "debug"),
+        (["-v"], "debug", "debug"),  # -v never makes the daemon quieter
+    ],
+)
+def test_run_verbosity_raises_the_daemon_log_level(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    flags: list[str],
+    configured: str,
+    expected: str,
+) -> None:
+    from bridge import daemon
+    from bridge.cli import main
+    from bridge.config import Config
+
+    seen: list[Config] = []
+
+    async def fake_run(config: Config, *, config_path: Path | None) -> int:
+        seen.append(config)
+        return 0
+
+    monkeypatch.setattr(daemon, "run", fake_run)
+    path = write_config(
+        tmp_path, f'[agents.default]\nbackend = "echo"\n\n[daemon]\nlog_level = "{configured}"\n'
+    )
+    assert main(["run", *flags, "--config", str(path)]) == 0
+    assert [c.daemon.log_level for c in seen] == [expected]
+
+
+async def test_run_vv_logs_at_debug(tmp_path: Path) -> None:
+    """The real daemon: with -vv its DEBUG lines appear although the file says info."""
+    config = write_config(
+        tmp_path,
+        '[agents.default]\nbackend = "echo"\n\n'
+        '[telegram]\nbot_token = "1:x"\nallowed_users = ["*"]\n'
+        'api_url = "http://127.0.0.1:9/bot"\n\n[daemon]\nlog_level = "info"\n',
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bridge",
+        "run",
+        "-vv",
+        "--config",
+        str(config),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=tmp_path,
+        env=_env(None),
+    )
+    assert proc.stderr is not None
+    lines: list[bytes] = []
+    try:
+        async with asyncio.timeout(20):
+            while not any(b"DEBUG" in line for line in lines):
+                line = await proc.stderr.readline()
+                if not line:
+                    break
+                lines.append(line)
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+        await proc.communicate()
+    assert any(b"DEBUG" in line for line in lines), b"".join(lines).decode()

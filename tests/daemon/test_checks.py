@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bridge.checks import CheckResult, live_checks
+from bridge.checks import CheckResult, config_warnings, live_checks
 from bridge.config import Config, parse_config
 from tests.fakes.agents import FAKE_AGENT_ID, FakeAgentServer
 from tests.fakes.slack import FakeSlack
@@ -137,3 +137,29 @@ async def test_an_unusable_database_is_named(tmp_path: Path) -> None:
     assert not storage.ok
     assert storage.detail.startswith("storage.url: ")
     assert by_item(results)["agents.default"].ok
+
+
+def warnings_for(telegram: dict[str, Any] | None = None, **slack: Any) -> list[str]:
+    raw: dict[str, Any] = {"agents": {"default": {"backend": "echo"}}}
+    if telegram is not None:
+        raw["telegram"] = {"bot_token": "1:x", **telegram}
+    if slack:
+        raw["slack"] = {"bot_token": "xoxb-1", "app_token": "xapp-1", **slack}
+    return config_warnings(parse_config(raw, base_dir=Path("/tmp"), environ={}))
+
+
+def test_an_open_telegram_bot_is_a_warning() -> None:
+    [warning] = warnings_for({"allowed_users": ["*"]})
+    assert warning.startswith('telegram.allowed_users: "*" lets anyone on Telegram talk to the bot')
+
+
+def test_usernames_in_the_allowlist_are_a_warning() -> None:
+    [warning] = warnings_for({"allowed_users": [123, "@alice", "@bob"]})
+    assert warning.startswith("telegram.allowed_users: @alice, @bob are usernames")
+    assert "numeric user ids" in warning
+
+
+def test_ids_only_and_slack_workspace_wide_are_no_warning() -> None:
+    assert warnings_for({"allowed_users": [123, 456]}) == []
+    # In Slack "*" is the workspace's members (other teams need allowed_teams).
+    assert warnings_for(allowed_users=["*"], allowed_channels=["*"]) == []
