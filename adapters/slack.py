@@ -187,16 +187,7 @@ class SlackAdapter(ChatAdapter):
                 watch_interval=self._watch_interval,
                 connect_timeout=self._connect_timeout,
             )
-            try:
-                await self._socket.open()
-            except CredentialsRejected:
-                raise
-            except AdapterError as exc:
-                # adapters.slack_socket names a refused app token in its reason but
-                # raises the plain AdapterError: a refused token is for good.
-                if exc.reason.partition(":")[0] in _REFUSED_TOKEN_ERRORS:
-                    raise CredentialsRejected(PLATFORM, exc.reason) from None
-                raise
+            await self._socket.open()
         else:
             await self._serve_http()
         self.state = AdapterState.CONNECTED

@@ -32,7 +32,7 @@ from slack_sdk.socket_mode.request import SocketModeRequest
 from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.slack_events import PLATFORM
-from bridge.errors import AdapterError
+from bridge.errors import AdapterError, CredentialsRejected
 
 log = logging.getLogger("adapters.slack")
 
@@ -89,9 +89,9 @@ class SlackSocket:
         except SlackApiError as exc:
             error = str(exc.response.get("error", "unknown_error"))
             if error in TOKEN_ERRORS:
-                raise AdapterError(PLATFORM, f"{error}: check slack.app_token") from None
+                raise CredentialsRejected(PLATFORM, f"{error}: check slack.app_token") from None
             if error == "not_allowed_token_type":
-                raise AdapterError(
+                raise CredentialsRejected(
                     PLATFORM,
                     f"{error}: slack.app_token must be an app-level token (xapp-...) "
                     "with the connections:write scope",

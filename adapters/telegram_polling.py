@@ -38,7 +38,7 @@ from telegram.error import Conflict, RetryAfter, TelegramError
 from telegram.request import HTTPXRequest
 
 from bridge.chat import AdapterState
-from bridge.errors import AdapterError, StorageError
+from bridge.errors import PollingConflict, StorageError
 from bridge.logs import ThrottledLog
 
 if TYPE_CHECKING:
@@ -253,7 +253,7 @@ class Poller:
             batch = await self.fetch(self.start_poll_timeout)
         except Conflict as exc:
             self.polling = False
-            raise AdapterError(PLATFORM, f"{CONFLICT_HINT} ({self._reason(exc)})") from None
+            raise PollingConflict(PLATFORM, f"{CONFLICT_HINT} ({self._reason(exc)})") from None
         except TelegramError as exc:
             self._failed(exc)  # the loop goes on retrying
             return []

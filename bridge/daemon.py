@@ -68,6 +68,7 @@ from bridge.errors import (
     ConfigError,
     CredentialsRejected,
     MissingDriverError,
+    PollingConflict,
     StorageError,
 )
 from bridge.health import HealthServer
@@ -160,7 +161,7 @@ def _backoff_from(environ: Mapping[str, str]) -> tuple[float, ...]:
 
 def exit_code_for(exc: BridgeError) -> int | None:
     """The exit code of a start failure that no retry can fix; None when it may pass."""
-    if isinstance(exc, CredentialsRejected):
+    if isinstance(exc, CredentialsRejected | PollingConflict):
         return EXIT_REJECTED
     if isinstance(exc, ConfigError | MissingDriverError):
         return EXIT_CONFIG

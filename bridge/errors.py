@@ -10,6 +10,7 @@ enter, with ``raise ... from exc``, so none travels through the core.
     │   └── MissingDriverError a database driver is not installed (names the extra)
     ├── AdapterError           a chat platform refused or failed (bad token, network)
     │   ├── CredentialsRejected the platform refused a token: no retry can help
+    │   ├── PollingConflict    another process polls the Telegram bot (409 at start)
     │   └── ReplyUndeliverable a reply can never be posted (bot blocked, chat gone)
     └── AgentError             the agent could not answer; carries `user_message`
         ├── AgentInsufficientBalance   402
@@ -75,6 +76,12 @@ class CredentialsRejected(AdapterError):
     the reason names the config key to check, never the token. `agent-bridge run`
     exits on it (code 3) instead of retrying: any other `AdapterError` at start
     may pass (network, 5xx) and is retried."""
+
+
+class PollingConflict(AdapterError):
+    """Another process polls the same Telegram bot token without sharing our
+    database (Telegram's 409 on the first poll): `agent-bridge run` exits on it
+    (code 3) with what to do, instead of flapping between the two pollers."""
 
 
 class ReplyUndeliverable(AdapterError):

@@ -24,7 +24,7 @@ from adapters.base import AdapterState
 from adapters.slack import MARKDOWN_LIMIT, TEXT_FILES, TEXT_REFUSED, TEXT_RESET, SlackAdapter
 from bridge.app import Core, open_core
 from bridge.config import Config, parse_config
-from bridge.errors import AdapterError
+from bridge.errors import AdapterError, CredentialsRejected
 from bridge.model import ConversationKey, InboxMessage, MessageStatus, Reply
 from tests.fakes.agents import FAKE_AGENT_ID, FAKE_API_KEY, FakeAgentServer, FakeResponse
 from tests.fakes.slack import BOT_USER_ID, TEAM_ID, ApiCall, FakeSlack, signed_headers
@@ -585,13 +585,14 @@ async def test_bad_tokens_fail_start_with_the_reason(
             pass
     assert "xoxb-wrong" not in str(info.value)
 
+    # Refused for good (the daemon exits 3 instead of retrying), not "unreachable".
     config = make_config(tmp_path, slack, agents, app_token="xapp-wrong")
-    with pytest.raises(AdapterError, match=r"invalid_auth: check slack\.app_token"):
+    with pytest.raises(CredentialsRejected, match=r"invalid_auth: check slack\.app_token"):
         async with running(config, slack):
             pass
 
     config = make_config(tmp_path, slack, agents, app_token=slack.bot_token)
-    with pytest.raises(AdapterError, match="app-level token"):
+    with pytest.raises(CredentialsRejected, match="app-level token"):
         async with running(config, slack):
             pass
 

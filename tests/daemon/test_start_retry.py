@@ -14,6 +14,8 @@ import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
+
 from tests.daemon.conftest import BridgeProcess, NotifyListener, free_port
 from tests.daemon.test_run import Spawn, start, stopped, write_config
 from tests.fakes.agents import FakeAgentServer, FakeResponse
@@ -256,3 +258,31 @@ async def test_sighup_reloads_messages_and_names_what_needs_a_restart(
         assert slack.connection_count == 1
         assert len(slack.calls_to("auth.test")) == 1
         assert await stopped(bridge) == 0, bridge.stderr
+
+
+async def test_another_poller_of_the_bot_token_exits_3_saying_what_to_do(
+    tmp_path: Path, spawn: Spawn, notify_socket: NotifyListener
+) -> None:
+    async with FakeAgentServer() as agents, FakeTelegram() as telegram:
+        # Another program (or a bridge on another database) polls the same token.
+        async def rogue() -> None:
+            async with httpx.AsyncClient() as client:
+                while True:
+                    await client.post(
+                        f"{telegram.api_url}{telegram.token}/getUpdates", data={"timeout": "1"}
+                    )
+
+        poller = asyncio.create_task(rogue())
+        try:
+            await telegram.wait_calls("getUpdates")
+            config = write_config(tmp_path, agents=agents, telegram=telegram)
+            bridge = await launch(spawn, config, notify_socket)
+            assert await bridge.wait(within=20) == 3, bridge.stderr
+        finally:
+            poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poller
+    [line] = [line for line in bridge.stderr_lines if "cannot start" in line]
+    assert "another process is polling this bot token (409 Conflict)" in line, line
+    assert telegram.token not in bridge.stderr
+    assert notify_socket.with_key("READY") == []
