@@ -61,6 +61,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from pydantic import BaseModel
 
 from bridge.backends.base import HttpAgentBackend
+from bridge.checks import config_warnings
 from bridge.config import Config, load_config
 from bridge.errors import (
     AdapterError,
@@ -136,6 +137,8 @@ async def run(config: Config, *, config_path: Path | None) -> int:
         )
         return EXIT_NOTHING_TO_RUN
     setup_logging(config.daemon)
+    for warning in config_warnings(config):  # what `check` warns about, in the journal too
+        log.warning("config: %s", warning)
     notifier = Notifier.from_environ()
     daemon = Daemon(
         config,
