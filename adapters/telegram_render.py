@@ -8,6 +8,16 @@ offsets are UTF-16 code units, as Telegram counts them. The text needs no
 escaping at all; if Telegram still refuses the entities, the adapter sends the
 same text without them.
 
+Raw HTML and entity references are text: agents write ``List<String>``,
+``<your-token>`` or ``&amp;`` and mean those characters, but CommonMark reads
+them as HTML (which telegramify-markdown drops: it renders Markdown, not HTML)
+and as entities (``&amp;`` -> ``&``). Neither the library nor its parser,
+pulldown-cmark via pyromark, can switch raw HTML off (pulldown-cmark declined the
+option, pulldown-cmark#103 and #608), so `_html_as_text` asks the same parser
+where it sees HTML and entities and backslash-escapes their first character, the
+CommonMark way of saying "this is a literal character". Markdown around and
+inside that text still formats; code spans and blocks are never touched.
+
 Long replies are split on the rendered text, so that every piece is at most
 4096 UTF-16 code units however much the rendering grew or shrank the Markdown:
 on a paragraph break, else a line break, else a space, preferring breaks
@@ -25,12 +35,15 @@ Example::
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import pyromark
 import telegramify_markdown
 from telegram import MessageEntity
 from telegram.constants import MessageLimit
+from telegramify_markdown.converter import STANDARD_OPTIONS
 
 log = logging.getLogger("adapters.telegram")
 
@@ -56,7 +69,9 @@ def utf16_len(text: str) -> int:
 def render(markdown: str, *, limit: int = MAX_MESSAGE_UTF16) -> list[Chunk]:
     """Render agent Markdown into one or more messages of at most ``limit`` UTF-16 units."""
     try:
-        text, raw_entities = telegramify_markdown.convert(markdown, config=_RENDER_CONFIG)
+        text, raw_entities = telegramify_markdown.convert(
+            _html_as_text(markdown), config=_RENDER_CONFIG
+        )
         entities = [
             _Span(e.type, e.offset, e.offset + e.length, e.url, e.language, e.custom_emoji_id)
             for e in raw_entities
@@ -72,6 +87,57 @@ def render(markdown: str, *, limit: int = MAX_MESSAGE_UTF16) -> list[Chunk]:
 def render_plain(markdown: str, *, limit: int = MAX_MESSAGE_UTF16) -> list[Chunk]:
     """The reply as raw text, no formatting at all: the last resort."""
     return split_text(markdown, [], limit) or [Chunk(EMPTY_REPLY)]
+
+
+# An HTML5 entity reference as CommonMark recognises one (spec 6.2); a named one
+# that is not an entity (``&foo;``) is text to the parser anyway.
+_ENTITY = re.compile(r"&(?:#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});")
+
+
+def _html_as_text(markdown: str) -> str:
+    """``markdown`` with every raw HTML construct and entity reference escaped.
+
+    Parses with the options telegramify-markdown parses with, so both agree on what
+    is HTML. Escaping the ``<`` of an HTML block turns the block into a paragraph,
+    whose lines may hold inline HTML of their own: hence the loop, which ends because
+    every pass escapes at least one ``<`` that stays escaped. Entities come last, on
+    the final reading (escaping an ``&`` changes no structure).
+    """
+    text = markdown
+    while "<" in text:
+        starts: list[int] = []
+        for event, span in pyromark.events_with_range(text, options=STANDARD_OPTIONS):
+            if event == {"Start": "HtmlBlock"} or (
+                isinstance(event, dict) and "InlineHtml" in event
+            ):
+                starts.append(span["start"])
+        if not starts:
+            break
+        text = _escape_at(text, starts, b"<")
+    if "&" not in text:
+        return text
+    source = text.encode("utf-8")
+    amps: list[int] = []
+    for event, span in pyromark.events_with_range(text, options=STANDARD_OPTIONS):
+        # pulldown-cmark gives each entity reference a Text event of its own
+        if isinstance(event, dict) and "Text" in event:
+            raw = source[span["start"] : span["end"]].decode("utf-8")
+            if raw != event["Text"] and _ENTITY.fullmatch(raw):  # not code: it was decoded
+                amps.append(span["start"])
+    return _escape_at(text, amps, b"&") if amps else text
+
+
+def _escape_at(text: str, starts: list[int], char: bytes) -> str:
+    """A backslash before the first ``char`` at or after each UTF-8 offset."""
+    source = text.encode("utf-8")
+    cuts = sorted({source.index(char, start) for start in starts})
+    pieces: list[bytes] = []
+    last = 0
+    for cut in cuts:
+        pieces += (source[last:cut], b"\\")
+        last = cut
+    pieces.append(source[last:])
+    return b"".join(pieces).decode("utf-8")
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,20 +34,39 @@ def split_markdown(text: str, limit: int, *, length: Callable[[str], int] = len)
     """Split ``text`` into pieces of at most ``limit`` (as measured by ``length``).
 
     ``length`` lets a platform count its own way (Telegram counts UTF-16 code
-    units: ``lambda s: len(s.encode("utf-16-le")) // 2``).
+    units: ``lambda s: len(s.encode("utf-16-le")) // 2``). Nothing is lost: the
+    pieces are the text in order, less the whitespace where it was cut, plus the
+    fence lines that close and reopen a code block cut in two. A reopened block
+    keeps its info string unless that line would take more than a quarter of a
+    piece; a fence marker that long is not closed and reopened at all.
     """
     if limit < 16:
         raise ValueError("limit too small to split Markdown sensibly")
     pieces: list[str] = []
     rest = text.strip("\n")
+    skip = 0  # a reopened piece must not be cut right after its reopening line
     while length(rest) > limit:
-        cut = _cut_point(rest, limit, length)
-        head, tail = rest[:cut].rstrip(), rest[cut:]
+        # Leave room for closing a fence ("\n" and its marker): 16 is plenty for
+        # ordinary fences, a longer marker asks for more.
+        reserve = 16
+        while True:
+            cut = _cut_point(rest, limit - reserve, length, skip)
+            head, tail = rest[:cut].rstrip(), rest[cut:]
+            fence = _open_fence(head)
+            if fence is not None and length(fence[0]) + 1 > limit // 4:
+                fence = None
+            needed = 0 if fence is None else length(fence[0]) + 1
+            if needed <= reserve:
+                break
+            reserve = needed
         tail = tail[1:] if tail.startswith(("\n", " ")) else tail
-        fence = _open_fence(head)
+        skip = 0
         if fence is not None:
-            head = f"{head}\n{fence[0]}"
-            tail = f"{fence[0]}{fence[1]}\n{tail.lstrip(chr(10))}"
+            marker, info = fence
+            reopen = f"{marker}{info}" if length(marker + info) < limit // 4 else marker
+            head = f"{head}\n{marker}"
+            tail = f"{reopen}\n{tail.lstrip(chr(10))}"
+            skip = len(reopen) + 1
         if head.strip():
             pieces.append(head)
         rest = tail.strip("\n") if fence is None else tail.rstrip("\n")
@@ -56,18 +75,17 @@ def split_markdown(text: str, limit: int, *, length: Callable[[str], int] = len)
     return pieces
 
 
-def _cut_point(text: str, limit: int, length: Callable[[str], int]) -> int:
-    # Leave room for closing a fence ("\n" + up to a few backticks) and, for the
-    # reopened piece, its opening line; 16 is plenty for ordinary fences.
-    budget = limit - 16
+def _cut_point(text: str, budget: int, length: Callable[[str], int], skip: int = 0) -> int:
+    """Where to cut: the last paragraph, line or word break within ``budget`` and
+    after ``skip``, else a hard cut at the budget."""
     hi = _prefix_within(text, budget, length)
     window = text[:hi]
-    floor = hi // 3  # a cut earlier than this wastes too much of the piece
+    floor = max(hi // 3, skip)  # a cut earlier than this wastes too much of the piece
     for sep in ("\n\n", "\n", " "):
         at = window.rfind(sep)
         if at > floor:
             return at
-    return max(hi, 1)
+    return max(hi, skip + 1, 1)
 
 
 def _prefix_within(text: str, budget: int, length: Callable[[str], int]) -> int:

@@ -112,3 +112,49 @@ def test_empty_and_plain_fallback() -> None:
     assert [c.text for c in render("   \n ")] == [EMPTY_REPLY]
     [plain] = render_plain("**not bold**")
     assert plain.text == "**not bold**" and plain.entities == ()
+
+
+def test_html_like_text_and_entities_are_shown_literally() -> None:
+    # Issue 9: CommonMark reads these as raw HTML (which the renderer dropped) and
+    # as entity references (``&amp;`` became ``&``); the agent meant the characters.
+    cases = {
+        '<div class="note">\n\nSee the note.': '<div class="note">\n\nSee the note.',
+        "Return a List<String> here.": "Return a List<String> here.",
+        "Call it with <your-token> and <!-- this -->.": (
+            "Call it with <your-token> and <!-- this -->."
+        ),
+        "Fish &amp; chips, &copy; &#65; &lt;b&gt;": "Fish &amp; chips, &copy; &#65; &lt;b&gt;",
+        "a < b > c": "a < b > c",
+        "<div>\n**x** in <b>bold</b>\n</div>": "<div>\nx in <b>bold</b>\n</div>",
+        "an escaped \\&amp; and \\<b>": "an escaped &amp; and <b>",
+    }
+    for markdown, expected in cases.items():
+        [chunk] = render(markdown)
+        assert chunk.text == expected, markdown
+        check_chunks([chunk])
+
+
+def test_markdown_around_html_like_text_still_formats() -> None:
+    [chunk] = render("**List<String>** and `<b>&amp;</b>` and [<x>](https://e.com?a=1&amp;b=2)")
+    assert chunk.text == "List<String> and <b>&amp;</b> and <x>"
+    kinds = {(e.type, e.offset, e.length) for e in chunk.entities}
+    assert ("bold", 0, 12) in kinds and ("code", 17, 12) in kinds
+    link = next(e for e in chunk.entities if e.type == "text_link")
+    assert (link.offset, link.length) == (34, 3)
+
+
+def test_autolinks_stay_links() -> None:
+    [chunk] = render("see <https://example.com> or <me@example.com>")
+    assert chunk.text == "see https://example.com or me@example.com"
+    assert [e.url for e in chunk.entities] == ["https://example.com", "me@example.com"]
+
+
+def test_a_long_answer_with_html_like_lines_loses_no_line() -> None:
+    lines = [
+        f"{i}. Use `x{i}` with List<Item{i}> &amp; <option-{i}> &#x{i + 65:x};"
+        for i in range(1, 152)
+    ]
+    chunks = render("\n".join(lines), limit=1000)
+    check_chunks(chunks)
+    shown = "\n".join(c.text for c in chunks).split("\n")
+    assert shown == [line.replace("`", "") for line in lines]

@@ -63,3 +63,18 @@ def test_custom_length_counts_utf16_units() -> None:
 def test_limit_too_small_is_refused() -> None:
     with pytest.raises(ValueError, match="too small"):
         split_markdown("x" * 100, 8)
+
+
+def test_a_long_fence_marker_still_fits_the_limit() -> None:
+    text = "0" * 65 + "\n" + "`" * 17 + "\n" + "0" * 17
+    pieces = split_markdown(text, 100)
+    assert all(len(p) <= 100 for p in pieces)
+    assert "".join(pieces).replace("`", "").replace("\n", "") == "0" * 82
+
+
+def test_a_long_info_string_is_not_copied_into_every_piece() -> None:
+    # This used to loop forever: the reopened block's first line alone filled a piece.
+    text = "```" + "x" * 200 + "\n" + "code line\n" * 50
+    pieces = split_markdown(text, 100)
+    assert all(len(p) <= 100 for p in pieces)
+    assert sum(p.count("code line") for p in pieces) == 50
