@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 from sqlalchemy.engine import URL, make_url
@@ -32,25 +33,33 @@ def _asyncpg_dsn(url: URL) -> str:
     return url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-@pytest.fixture
-async def pg_database() -> AsyncIterator[str]:
-    """The SQLAlchemy URL of a fresh, empty PostgreSQL database (dropped after the test)."""
+@asynccontextmanager
+async def fresh_database(prefix: str = "ab_e2e") -> AsyncIterator[URL]:
+    """A fresh PostgreSQL database on the test server, dropped ``WITH (FORCE)`` after
+    (a SIGKILLed bridge's connections must not keep it alive); skips without one."""
     if not PG_URL.startswith("postgresql"):
         pytest.skip("set AGENT_BRIDGE_TEST_DATABASE_URL to a PostgreSQL URL to run this")
     import asyncpg  # type: ignore[import-untyped]
 
     admin_url = make_url(PG_URL)
-    name = f"ab_e2e_{secrets.token_hex(4)}"
+    name = f"{prefix}_{secrets.token_hex(4)}"
     admin = await asyncpg.connect(_asyncpg_dsn(admin_url))
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
     finally:
         await admin.close()
     try:
-        yield admin_url.set(database=name).render_as_string(hide_password=False)
+        yield admin_url.set(database=name)
     finally:
         admin = await asyncpg.connect(_asyncpg_dsn(admin_url))
         try:
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         finally:
             await admin.close()
+
+
+@pytest.fixture
+async def pg_database() -> AsyncIterator[str]:
+    """The SQLAlchemy URL of a fresh, empty PostgreSQL database (dropped after the test)."""
+    async with fresh_database() as url:
+        yield url.render_as_string(hide_password=False)

@@ -27,19 +27,19 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import secrets
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL
 
 from tests.daemon.conftest import free_port
+from tests.e2e.conftest import fresh_database
 from tests.e2e.harness import (
     AgentProxy,
     Cluster,
@@ -60,7 +60,6 @@ from tests.fakes.slack import FakeSlack
 from tests.fakes.tcpproxy import TcpProxy
 from tests.fakes.telegram import FakeError, FakeTelegram, User, private_text
 
-PG_URL = os.environ.get("AGENT_BRIDGE_TEST_DATABASE_URL", "")
 #: The seed of the kill schedule; printed by the tests, overridable to replay a run.
 SEED = int(os.environ.get("AGENT_BRIDGE_OUTAGE_SEED", "20261202"))
 
@@ -79,33 +78,8 @@ BACKENDS = [
 # --- databases ---------------------------------------------------------------------------
 
 
-def _asyncpg_dsn(url: URL) -> str:
-    return url.set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-@asynccontextmanager
-async def pg_database() -> AsyncIterator[URL]:
-    """A fresh PostgreSQL database on the test server, dropped ``WITH (FORCE)`` after
-    (a SIGKILLed bridge's connections must not keep it alive)."""
-    if not PG_URL.startswith("postgresql"):
-        pytest.skip("set AGENT_BRIDGE_TEST_DATABASE_URL to a PostgreSQL URL to run this")
-    import asyncpg  # type: ignore[import-untyped]
-
-    admin_url = make_url(PG_URL)
-    name = f"ab_out_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(_asyncpg_dsn(admin_url))
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    try:
-        yield admin_url.set(database=name)
-    finally:
-        admin = await asyncpg.connect(_asyncpg_dsn(admin_url))
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
+def pg_database() -> AbstractAsyncContextManager[URL]:
+    return fresh_database("ab_out")
 
 
 @asynccontextmanager
