@@ -60,6 +60,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel
 
+from bridge import __version__
 from bridge.backends.base import HttpAgentBackend
 from bridge.checks import config_warnings
 from bridge.config import Config, load_config
@@ -225,6 +226,7 @@ class Daemon:
 
     async def run(self) -> int:
         self._main = asyncio.current_task()
+        log.info("agent-bridge %s starting: %s", __version__, ", ".join(self.platforms))
         installed = self._install_signal_handlers()
         try:
             async with self.notifier.watchdog(self._status_line):

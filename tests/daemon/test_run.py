@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 
+from bridge import __version__
 from bridge.model import MessageStatus
 from storage.store import Store
 from tests.daemon.conftest import BridgeProcess, NotifyListener, free_port
@@ -109,6 +110,7 @@ async def test_ready_watchdog_and_stopping_over_the_notify_socket(
         assert stopping.fields["STATUS"].startswith("Stopping: ")
         assert stopping.at > ready.at
         assert "Traceback" not in bridge.stderr
+        assert f"agent-bridge {__version__} starting: telegram" in bridge.stderr
 
 
 async def test_sigterm_lets_the_call_in_flight_finish_and_keeps_the_rest(
