@@ -186,7 +186,8 @@ class Dispatcher:
             except StorageError as exc:
                 self._store_failed(exc)
                 log.error("cannot claim work yet: %s", exc)
-            self._claimer = asyncio.create_task(self._claim_loop(), name="dispatcher-claim")
+            if self._claimer is None:  # a submit during that round may have started it
+                self._claimer = asyncio.create_task(self._claim_loop(), name="dispatcher-claim")
         if claimed:
             log.info("resuming %d unfinished message(s)", claimed)
         return claimed
@@ -208,6 +209,8 @@ class Dispatcher:
             self._claimer.cancel()
             await asyncio.gather(self._claimer, return_exceptions=True)
             self._claimer = None
+            async with self._changed:
+                self._changed.notify_all()  # wait_idle callers: nothing more comes
         workers = list(self._workers.values())
         if workers:
             log.info("waiting up to %.0fs for %d agent call(s) in flight", grace, self._in_flight)
