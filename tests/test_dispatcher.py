@@ -436,17 +436,3 @@ async def test_a_message_submitted_while_resuming_is_answered_once(
         await core.dispatcher.wait_idle()
         assert sorted(c.json["message"] for c in agents.chat_calls) == ["m0", "m1", "m2"]
         assert len(adapter.replies) == 3
-
-
-async def test_a_submit_during_resume_leaves_one_claim_loop(
-    tmp_path: Path, agents: FakeAgentServer
-) -> None:
-    config = make_config(tmp_path, agents.url)
-    async with Store(config.storage.url) as store:
-        await store.accept(msg("left over", chat="old"))
-    async with running(config, resume=False) as (core, adapter):
-        await asyncio.gather(core.dispatcher.resume(), core.dispatcher.submit(msg("new")))
-        await adapter.wait_replies(2)
-        loops = [t for t in asyncio.all_tasks() if t.get_name() == "dispatcher-claim"]
-        assert len(loops) == 1
-    assert [t for t in asyncio.all_tasks() if t.get_name() == "dispatcher-claim"] == []
