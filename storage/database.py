@@ -29,6 +29,7 @@ import logging
 import os
 import re
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -136,14 +137,15 @@ class Database:
             raise StorageError("the store is closed; create a new one")
         if self._engine is not None:
             raise StorageError("the store is already open")
-        self._engine = self._create_engine()
+        engine = self._engine = self._create_engine()
         try:
             if migrate:
                 await self.upgrade()
             else:
                 await self.ping()
         except BaseException:
-            await self._engine.dispose()
+            # close() may have run meanwhile (a caller giving up): dispose of ours.
+            await engine.dispose()
             self._engine = None
             raise
         log.debug("store open: %s", self._display_url)
@@ -381,6 +383,25 @@ def _create_private(url: URL) -> None:
         os.close(fd)
 
 
+def _use_wal(cursor: Any) -> None:
+    """Switch the database to WAL. The switch needs an exclusive lock and SQLite
+    reports "database is locked" at once, without its busy handler, while another
+    process (an instance starting beside this one) holds any lock: wait a little
+    and try again, as the busy timeout would."""
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode")  # the adapted cursor returns None
+            (mode,) = cursor.fetchone()
+            if str(mode).lower() != "wal":
+                cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)  # on aiosqlite's own thread, not the event loop
+
+
 def _configure_sqlite(engine: AsyncEngine) -> None:
     """WAL, busy timeout, foreign keys, and transactions that SQLAlchemy
     begins itself (SQLAlchemy's documented recipe for pysqlite/aiosqlite)."""
@@ -393,7 +414,7 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         try:
             # busy_timeout first: switching to WAL may wait for a lock.
             cursor.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT * 1000)}")
-            cursor.execute("PRAGMA journal_mode = WAL")
+            _use_wal(cursor)
             cursor.execute("PRAGMA synchronous = NORMAL")
             cursor.execute("PRAGMA foreign_keys = ON")
         finally:
