@@ -1,0 +1,312 @@
+"""One turn of a conversation: a message to the agent, its answer stored, the
+reply posted. The `Dispatcher`'s workers (`bridge.dispatcher`) call `_handle`
+for each message they take from their claimed conversation, in inbox order.
+
+Here every error becomes a reply (an `AgentError` its ``user_message``,
+anything else the ``internal_error`` text, the traceback in the log only), the
+answer and the agent's turn are stored in one transaction before the reply is
+posted, a store error after the agent answered is retried with the answer
+kept, and a refused reply is parked with backoff (`Queue.park`) for any
+instance to post later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import enum
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from bridge.config import DispatcherConfig, MessagesConfig
+from bridge.errors import (
+    AdapterError,
+    AgentError,
+    AgentSessionExpired,
+    ReplyUndeliverable,
+    StorageError,
+)
+from bridge.instance import Instance
+from bridge.metrics import Metrics
+from bridge.model import (
+    AgentReply,
+    Finished,
+    InboxMessage,
+    MessageStatus,
+    Reply,
+    Usage,
+)
+
+if TYPE_CHECKING:
+    from bridge.backends.base import AgentBackend
+    from bridge.chat import ChatAdapter
+    from storage.store import Store
+
+log = logging.getLogger("bridge.dispatcher")
+
+#: A message whose agent call was interrupted this often (crash, kill) is
+#: answered with the internal-error text instead of being tried again forever.
+MAX_ATTEMPTS = 3
+
+#: The turn to record with an answer: (epoch, session id, usage).
+Turn = tuple[int, str | None, Usage]
+
+
+class Next(enum.Enum):
+    """What a worker does after one message."""
+
+    CONTINUE = "continue"  # on to the conversation's next message
+    RELEASED = "released"  # nothing left: the conversation was given back
+    STOP = "stop"  # lease lost, reply parked, or shutting down: give the conversation up
+
+
+class _Cancelled(Exception):
+    """The message was cancelled (`Dispatcher.cancel`) during its agent call."""
+
+
+class Turns:
+    """The part of the `Dispatcher` that answers one message (a base class of it:
+    the state below is the dispatcher's)."""
+
+    messages: MessagesConfig
+    metrics: Metrics
+    instance: Instance
+    store_problem: str | None
+    _store: Store
+    _backends: dict[str, AgentBackend]
+    _config: DispatcherConfig
+    _delivery_backoff: tuple[float, ...]
+    _store_retry: tuple[float, ...]
+    _calls: dict[int, asyncio.Task[tuple[Reply, Turn | None]]]
+    _in_flight: int
+    _wake: asyncio.Event
+    _timers: set[asyncio.TimerHandle]
+    _no_timers: asyncio.Event
+
+    def note_refused(self, platform: str) -> None:
+        self.metrics.refused.labels(platform).inc()
+
+    def _wake_later(self, delay: float) -> None:
+        """Look for claimable work again in ``delay`` seconds (a parked reply's turn)."""
+        loop = asyncio.get_running_loop()
+
+        def fire() -> None:
+            self._timers.discard(handle)
+            self._wake.set()
+            if not self._timers:
+                self._no_timers.set()
+
+        handle = loop.call_later(delay, fire)
+        self._timers.add(handle)
+        self._no_timers.clear()
+
+    async def _handle(self, adapter: ChatAdapter, message: InboxMessage) -> Next:
+        owner = self.instance.id
+        if message.status is MessageStatus.ANSWERED and message.reply_text is not None:
+            # Answered earlier (perhaps by a process that died), not yet delivered.
+            if not await self._store.begin_delivery(message, owner):
+                return Next.STOP
+            stored = Reply(message.reply_text, error_kind=message.error_kind)
+            return await self._deliver(adapter, message, stored)
+        if not self.instance.fresh:
+            # Our heartbeat is late: another instance may be taking over. Start nothing.
+            return Next.STOP
+        try:
+            reply, turn = await self._answer(adapter, message)
+        except _Cancelled:
+            return Next.CONTINUE  # finished by `cancel`, which stored it as failed
+        if reply is None:
+            return Next.STOP
+        if not await self._save_answer(message, reply, turn):
+            return Next.STOP
+        return await self._deliver(
+            adapter, dataclasses.replace(message, status=MessageStatus.ANSWERED), reply
+        )
+
+    async def _answer(
+        self, adapter: ChatAdapter, message: InboxMessage
+    ) -> tuple[Reply | None, tuple[int, str | None, Usage] | None]:
+        """The reply and the turn to record; (None, None) if the lease is gone."""
+        if message.attempts >= MAX_ATTEMPTS:
+            log.error(
+                "message %d was interrupted %d times; answering with an error",
+                message.id,
+                message.attempts,
+            )
+            return Reply(self.messages.render("internal_error"), error_kind="interrupted"), None
+        if len(message.text) > self._config.max_input_chars:
+            self.note_refused(message.key.platform)
+            text = self.messages.render(
+                "input_too_long",
+                length=len(message.text),
+                max_chars=self._config.max_input_chars,
+            )
+            return Reply(text, error_kind="input_too_long"), None
+        if not await self._store.mark_running(message, self.instance.id):
+            return None, None
+        self._in_flight += 1
+        self.metrics.in_flight.set(self._in_flight)
+        call = asyncio.create_task(self._ask_agent(message), name=f"message-{message.id}")
+        self._calls[message.id] = call
+        try:
+            async with adapter.working(message):
+                return await call
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the worker itself is cancelled (shutdown)
+            raise _Cancelled from None
+        finally:
+            self._calls.pop(message.id, None)
+            if not call.done():
+                call.cancel()
+            self._in_flight -= 1
+            self.metrics.in_flight.set(self._in_flight)
+
+    async def _ask_agent(
+        self, message: InboxMessage
+    ) -> tuple[Reply, tuple[int, str | None, Usage] | None]:
+        conversation = await self._store.get_conversation_by_id(message.conversation_id)
+        name = conversation.agent if conversation.agent in self._backends else message.agent
+        backend = self._backends.get(name)
+        if backend is None:
+            log.error(
+                "message %d: agent %r is not configured (conversation %s)",
+                message.id,
+                conversation.agent,
+                conversation.key,
+            )
+            return Reply(self.messages.render("internal_error"), error_kind="no_agent"), None
+        session = conversation.session_id or backend.new_session_id()
+        note = ""
+        try:
+            try:
+                result = await self._call(backend, message, session)
+            except AgentSessionExpired as exc:
+                log.info("message %d: %s; starting a fresh session", message.id, exc)
+                session = backend.new_session_id()
+                note = self.messages.render("session_restarted")
+                result = await self._call(backend, message, session)
+        except AgentError as exc:
+            log.warning("message %d in %s: %s", message.id, message.key, exc)
+            return Reply(exc.user_message, error_kind=exc.kind), None
+        except Exception:
+            log.exception("message %d: agent %r failed unexpectedly", message.id, name)
+            return Reply(self.messages.render("internal_error"), error_kind="internal"), None
+        text = result.text
+        limit = self._config.max_reply_chars
+        if len(text) > limit:
+            log.warning(
+                "message %d: the agent's reply of %d characters is cut", message.id, len(text)
+            )
+            cut = self.messages.render("reply_truncated", max_chars=limit)
+            text = f"{text[:limit].rstrip()}\n\n{cut}"
+        if note:
+            text = f"{note}\n\n{text}"
+        turn = (conversation.epoch, result.session_id or session, result.usage)
+        return Reply(text), turn
+
+    async def _call(
+        self, backend: AgentBackend, message: InboxMessage, session: str | None
+    ) -> AgentReply:
+        started = time.monotonic()
+        try:
+            result = await backend.chat(message.text, session)
+        except AgentError as exc:
+            self.metrics.agent_errors.labels(backend.name, exc.kind).inc()
+            raise
+        finally:
+            self.metrics.agent_latency.labels(backend.name).observe(time.monotonic() - started)
+        self.metrics.tokens.labels(backend.name, "input").inc(result.usage.input_tokens)
+        self.metrics.tokens.labels(backend.name, "output").inc(result.usage.output_tokens)
+        log.info(
+            "message %d: agent %s answered in %.2fs (session %s)",
+            message.id,
+            backend.name,
+            time.monotonic() - started,
+            result.session_id or session,
+        )
+        return result
+
+    async def _save_answer(
+        self, message: InboxMessage, reply: Reply, turn: tuple[int, str | None, Usage] | None
+    ) -> bool:
+        """Store the reply and the turn; retry a store failure until it
+        succeeds (the answer is kept meanwhile); False if the lease is gone."""
+        for attempt in range(1_000_000):
+            try:
+                saved = await self._store.save_answer(
+                    message, self.instance.id, reply.text, error_kind=reply.error_kind, turn=turn
+                )
+            except StorageError as exc:
+                self._store_failed(exc)
+                delay = self._store_retry[min(attempt, len(self._store_retry) - 1)]
+                log.warning(
+                    "message %d: cannot store the answer yet (retrying in %gs): %s",
+                    message.id,
+                    delay,
+                    exc,
+                )
+                await asyncio.sleep(delay)
+                continue
+            self.store_problem = None
+            if not saved:
+                log.warning(
+                    "message %d: this instance lost the conversation while the agent answered "
+                    "(its heartbeat was late); its successor answers it",
+                    message.id,
+                )
+            return saved
+        return False  # pragma: no cover
+
+    async def _deliver(self, adapter: ChatAdapter, message: InboxMessage, reply: Reply) -> Next:
+        owner = self.instance.id
+        platform = message.key.platform
+        undeliverable: str | None = None
+        try:
+            await adapter.send_reply(message, reply)
+        except ReplyUndeliverable as exc:
+            log.warning("message %d: the reply can never be posted: %s", message.id, exc.reason)
+            undeliverable = "undeliverable"
+        except Exception as exc:
+            attempts = message.delivery_attempts + 1
+            delay = self._delivery_backoff[min(attempts, len(self._delivery_backoff)) - 1]
+            log.warning(
+                "message %d: could not post the reply (attempt %d), trying again in %gs: %s",
+                message.id,
+                attempts,
+                delay,
+                exc,
+                exc_info=not isinstance(exc, AdapterError),
+            )
+            await self._store.park(message, owner, retry_in=delay)
+            self._wake_later(delay)
+            return Next.STOP
+        # Posted: from here on it is never posted again by this process, whatever
+        # the store does; a failing write is retried until it lands.
+        finished = Finished.LOST
+        for attempt in range(1_000_000):
+            try:
+                finished = await self._store.finish_and_release(
+                    message, owner, undeliverable=undeliverable
+                )
+                break
+            except StorageError as exc:
+                self._store_failed(exc)
+                await asyncio.sleep(self._store_retry[min(attempt, len(self._store_retry) - 1)])
+        self.store_problem = None
+        if reply.error_kind is None and undeliverable is None:
+            self.metrics.answered.labels(platform).inc()
+        else:
+            self.metrics.failed.labels(platform).inc()
+        log.info("message %d answered in %s", message.id, message.key)
+        if finished is Finished.KEPT:
+            return Next.CONTINUE
+        if finished is Finished.RELEASED_WITH_WORK:
+            self._wake.set()
+        return Next.RELEASED
+
+    def _store_failed(self, exc: StorageError) -> None:
+        self.metrics.store_errors.inc()
+        self.store_problem = str(exc)
