@@ -241,27 +241,7 @@ class Queue(Conversations):
         """Give the lease back; return whether the conversation has unfinished
         work (a message accepted meanwhile), which someone must then claim."""
         async with self._write("release a conversation") as conn:
-            await conn.execute(
-                update(conversations)
-                .where(conversations.c.id == conversation_id, conversations.c.lease_owner == owner)
-                .values(lease_owner=None)
-            )
-            more = await self._has_work(conn, conversation_id)
-            if more:
-                await self._notify(conn)
-        return more
-
-    async def release_all(self, owner: str) -> int:
-        """Give back every lease ``owner`` holds (at shutdown); return how many."""
-        async with self._write("release conversations") as conn:
-            result = await conn.execute(
-                update(conversations)
-                .where(conversations.c.lease_owner == owner)
-                .values(lease_owner=None)
-            )
-            if result.rowcount:
-                await self._notify(conn)
-            return int(result.rowcount)
+            return await self._give_back(conn, conversation_id, owner)
 
     # --- a message's steps (each conditional on holding the lease) ------------------
 
@@ -354,20 +334,13 @@ class Queue(Conversations):
         statement = self._step_statement(
             message, owner, (MessageStatus.ANSWERED,), **_finished_values(undeliverable)
         )
-        c = conversations.c
         async with self._write("mark a message delivered") as conn:
             if (await conn.execute(statement)).rowcount != 1:
                 return Finished.LOST
             if await self._has_work(conn, message.conversation_id):
                 return Finished.KEPT
-            await conn.execute(
-                update(conversations)
-                .where(c.id == message.conversation_id, c.lease_owner == owner)
-                .values(lease_owner=None)
-            )
             # Accepted between the look and the release: someone must claim it.
-            if await self._has_work(conn, message.conversation_id):
-                await self._notify(conn)
+            if await self._give_back(conn, message.conversation_id, owner):
                 return Finished.RELEASED_WITH_WORK
         return Finished.RELEASED
 
@@ -534,6 +507,20 @@ class Queue(Conversations):
         statement = self._step_statement(message, owner, states, **values)
         async with self._write(action) as conn:
             return bool((await conn.execute(statement)).rowcount == 1)
+
+    async def _give_back(self, conn: AsyncConnection, conversation_id: int, owner: str) -> bool:
+        """Release ``owner``'s lease; return whether unfinished work remains, in
+        which case the others are told (at commit) to claim it."""
+        c = conversations.c
+        await conn.execute(
+            update(conversations)
+            .where(c.id == conversation_id, c.lease_owner == owner)
+            .values(lease_owner=None)
+        )
+        more = await self._has_work(conn, conversation_id)
+        if more:
+            await self._notify(conn)
+        return more
 
     async def _has_work(self, conn: AsyncConnection, conversation_id: int) -> bool:
         query = select(messages.c.id).where(
