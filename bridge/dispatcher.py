@@ -262,7 +262,7 @@ class Dispatcher(Turns):
         acknowledge the event, so that the platform delivers it again.
         """
         text = clean_text(msg.text)
-        if text is not msg.text and text != msg.text:
+        if text != msg.text:
             msg = dataclasses.replace(msg, text=text)
         try:
             stored = await self._store.accept(msg)

@@ -17,7 +17,8 @@ import dataclasses
 import enum
 import logging
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, TypeVar
 
 from bridge.config import DispatcherConfig, MessagesConfig
 from bridge.errors import (
@@ -48,6 +49,8 @@ log = logging.getLogger("bridge.dispatcher")
 #: A message whose agent call was interrupted this often (crash, kill) is
 #: answered with the internal-error text instead of being tried again forever.
 MAX_ATTEMPTS = 3
+
+T = TypeVar("T")
 
 #: The turn to record with an answer: (epoch, session id, usage).
 Turn = tuple[int, str | None, Usage]
@@ -234,31 +237,20 @@ class Turns:
     ) -> bool:
         """Store the reply and the turn; retry a store failure until it
         succeeds (the answer is kept meanwhile); False if the lease is gone."""
-        for attempt in range(1_000_000):
-            try:
-                saved = await self._store.save_answer(
-                    message, self.instance.id, reply.text, error_kind=reply.error_kind, turn=turn
-                )
-            except StorageError as exc:
-                self._store_failed(exc)
-                delay = self._store_retry[min(attempt, len(self._store_retry) - 1)]
-                log.warning(
-                    "message %d: cannot store the answer yet (retrying in %gs): %s",
-                    message.id,
-                    delay,
-                    exc,
-                )
-                await asyncio.sleep(delay)
-                continue
-            self.store_problem = None
-            if not saved:
-                log.warning(
-                    "message %d: this instance lost the conversation while the agent answered "
-                    "(its heartbeat was late); its successor answers it",
-                    message.id,
-                )
-            return saved
-        return False  # pragma: no cover
+        saved = await self._until_stored(
+            message,
+            "store the answer",
+            lambda: self._store.save_answer(
+                message, self.instance.id, reply.text, error_kind=reply.error_kind, turn=turn
+            ),
+        )
+        if not saved:
+            log.warning(
+                "message %d: this instance lost the conversation while the agent answered "
+                "(its heartbeat was late); its successor answers it",
+                message.id,
+            )
+        return saved
 
     async def _deliver(self, adapter: ChatAdapter, message: InboxMessage, reply: Reply) -> Next:
         owner = self.instance.id
@@ -285,17 +277,11 @@ class Turns:
             return Next.STOP
         # Posted: from here on it is never posted again by this process, whatever
         # the store does; a failing write is retried until it lands.
-        finished = Finished.LOST
-        for attempt in range(1_000_000):
-            try:
-                finished = await self._store.finish_and_release(
-                    message, owner, undeliverable=undeliverable
-                )
-                break
-            except StorageError as exc:
-                self._store_failed(exc)
-                await asyncio.sleep(self._store_retry[min(attempt, len(self._store_retry) - 1)])
-        self.store_problem = None
+        finished = await self._until_stored(
+            message,
+            "record the post",
+            lambda: self._store.finish_and_release(message, owner, undeliverable=undeliverable),
+        )
         if reply.error_kind is None and undeliverable is None:
             self.metrics.answered.labels(platform).inc()
         else:
@@ -306,6 +292,27 @@ class Turns:
         if finished is Finished.RELEASED_WITH_WORK:
             self._wake.set()
         return Next.RELEASED
+
+    async def _until_stored(
+        self, message: InboxMessage, what: str, write: Callable[[], Awaitable[T]]
+    ) -> T:
+        """Run a store write that must not be lost (the answer, the record of a
+        post) until it lands: a store error is retried with backoff, never dropped."""
+        attempt = 0
+        while True:
+            try:
+                result = await write()
+            except StorageError as exc:
+                self._store_failed(exc)
+                delay = self._store_retry[min(attempt, len(self._store_retry) - 1)]
+                attempt += 1
+                log.warning(
+                    "message %d: cannot %s yet (retrying in %gs): %s", message.id, what, delay, exc
+                )
+                await asyncio.sleep(delay)
+                continue
+            self.store_problem = None
+            return result
 
     def _store_failed(self, exc: StorageError) -> None:
         self.metrics.store_errors.inc()
