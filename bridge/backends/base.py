@@ -56,7 +56,7 @@ from pydantic import SecretStr
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
 from bridge import __version__
-from bridge.config import MessagesConfig, PeakaAgentConfig, ThinnestAgentConfig
+from bridge.config import AgentBase, MessagesConfig
 from bridge.errors import (
     AgentBadReply,
     AgentError,
@@ -150,6 +150,8 @@ class AgentRequest:
     url: str
     json: Mapping[str, Any] | None = None
     method: str = "POST"
+    #: Headers beside the ones `auth_headers()` gives (they win over those).
+    headers: Mapping[str, str] | None = None
 
 
 class ReplyFormatError(ValueError):
@@ -182,15 +184,17 @@ _AGENT_WORDS = re.compile(r"\b(agent|project)", re.IGNORECASE)
 
 
 #: The config of an agent reached over HTTP: each backend class takes its own.
-C = TypeVar("C", bound=ThinnestAgentConfig | PeakaAgentConfig)
+C = TypeVar("C", bound=AgentBase)
 
 
 class HttpAgentBackend(AgentBackend, Generic[C]):
-    """An agent reached over HTTP with a Bearer key, on the shared client.
+    """An agent reached over HTTP, on the shared client.
 
     Subclasses implement `build_request()`, `parse_reply()` and `probe_request()`,
-    and may override `describe_probe()`. ``sleep`` is injectable so tests need
-    not wait for real backoff.
+    and may override `describe_probe()`, `auth_headers()` (default: a Bearer
+    ``api_key`` when the config has one), `parse_body()` (default: JSON) and
+    `classify_error()` (an API's own error codes, before the status table).
+    ``sleep`` is injectable so tests need not wait for real backoff.
     """
 
     #: The backend's name in logs and `probe()` text, e.g. "thinnest".
@@ -208,7 +212,8 @@ class HttpAgentBackend(AgentBackend, Generic[C]):
     ) -> None:
         self.name = name
         self.config = config
-        self._api_key: SecretStr = config.api_key
+        api_key = getattr(config, "api_key", None)
+        self._api_key: SecretStr | None = api_key if isinstance(api_key, SecretStr) else None
         self.timeout = config.timeout
         self.max_retry_wait = config.max_retry_wait
         self.messages = messages
@@ -236,6 +241,24 @@ class HttpAgentBackend(AgentBackend, Generic[C]):
     def describe_probe(self, response: httpx.Response) -> str:
         """The text `probe()` returns for a 2xx answer."""
         return f"{self.kind} agent reachable, key accepted"
+
+    def auth_headers(self) -> dict[str, str]:
+        """The headers that carry the credentials of every request."""
+        if self._api_key is None:
+            return {}
+        return {"Authorization": f"Bearer {self._api_key.get_secret_value()}"}
+
+    def parse_body(self, response: httpx.Response) -> Any:
+        """A 2xx body as data for `parse_reply()`; `ValueError` when unreadable."""
+        return response.json()
+
+    def classify_error(
+        self, response: httpx.Response, sent_session_id: str | None
+    ) -> AgentError | None:
+        """The error a non-2xx answer means in this API's own terms (e.g. a 429 whose
+        body says the account is out of credit), or None for the status table. An
+        error returned here is never retried."""
+        return None
 
     # --- chat ---------------------------------------------------------------------------
 
@@ -272,7 +295,7 @@ class HttpAgentBackend(AgentBackend, Generic[C]):
         if not response.is_success:
             raise self._status_error(response, sent_session_id)
         try:
-            data = response.json()
+            data = self.parse_body(response)
         except ValueError as exc:
             raise self._bad_reply(response, "the body is not JSON") from exc
         try:
@@ -281,10 +304,7 @@ class HttpAgentBackend(AgentBackend, Generic[C]):
             raise self._bad_reply(response, str(exc) or type(exc).__name__) from exc
 
     async def _send(self, request: AgentRequest, seconds: float) -> httpx.Response:
-        headers = {
-            "Authorization": f"Bearer {self._api_key.get_secret_value()}",
-            "Accept": "application/json",
-        }
+        headers = {"Accept": "application/json", **self.auth_headers(), **(request.headers or {})}
         try:
             return await self._client.request(
                 request.method,
@@ -374,7 +394,10 @@ class HttpAgentBackend(AgentBackend, Generic[C]):
 
     def _status_error(self, response: httpx.Response, sent_session_id: str | None) -> Exception:
         status = response.status_code
-        detail = f"HTTP {status}: {_excerpt(response)}"
+        detail = f"HTTP {status}: {body_excerpt(response)}"
+        own = self.classify_error(response, sent_session_id)
+        if own is not None:
+            return own
         if status == 402:
             return self._error(AgentInsufficientBalance, detail)
         if status == 429:
@@ -423,7 +446,7 @@ class HttpAgentBackend(AgentBackend, Generic[C]):
             self.name,
             response.status_code,
             reason,
-            _excerpt(response),
+            body_excerpt(response),
         )
         return self._error(AgentBadReply, f"unreadable reply: {reason}")
 
@@ -454,7 +477,7 @@ def _failure(state: RetryCallState) -> _Retry:
     return exc
 
 
-def _excerpt(response: httpx.Response) -> str:
+def body_excerpt(response: httpx.Response) -> str:
     try:
         text = response.text
     except Exception:  # an undecodable body
