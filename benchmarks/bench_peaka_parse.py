@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import timeit
+from functools import partial
 from typing import Any
 
 from bridge.backends.peaka import extract_reply
@@ -45,6 +46,10 @@ def state(turns: int, rows: int) -> dict[str, Any]:
     }
 
 
+def _load_and_extract(raw: str) -> object:
+    return extract_reply(json.loads(raw))
+
+
 def main() -> None:
     cases = [("1 turn, 10 rows", 1, 10), ("50 turns, 500 rows", 50, 500)]
     cases.append(("500 turns, 10000 rows", 500, 10_000))
@@ -53,10 +58,8 @@ def main() -> None:
         body = state(turns, rows)
         raw = json.dumps(body)
         number = 200 if turns < 500 else 20
-        parse = min(timeit.repeat(lambda b=body: extract_reply(b), number=number, repeat=3))
-        full = min(
-            timeit.repeat(lambda r=raw: extract_reply(json.loads(r)), number=number, repeat=3)
-        )
+        parse = min(timeit.repeat(partial(extract_reply, body), number=number, repeat=3))
+        full = min(timeit.repeat(partial(_load_and_extract, raw), number=number, repeat=3))
         print(
             f"{label:<24} {len(raw) / 1024:>9.0f} {parse / number * 1e6:>10.1f}"
             f" {full / number * 1e6:>14.1f}"
