@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
+from aiolimiter import AsyncLimiter
 from slack_bolt.async_app import AsyncApp
 from slack_bolt.authorization import AuthorizeResult
 from slack_bolt.context.ack.async_ack import AsyncAck
@@ -102,6 +103,10 @@ _REFUSED_TOKEN_ERRORS = TOKEN_ERRORS | {"not_allowed_token_type"}
 MARKDOWN_LIMIT = 12_000
 #: The reaction shown on the user's message while the agent works on it.
 WORKING_REACTION = "hourglass_flowing_sand"
+#: Seconds of posting a channel may do at once (a burst), at its rate.
+CHANNEL_BURST_SECONDS = 3.0
+#: Channels whose posting rate is remembered (the least recently used go first).
+CHANNEL_LIMITERS = 1000
 
 
 def _retry_handlers() -> list[AsyncRetryHandler]:
@@ -157,12 +162,16 @@ class SlackAdapter(ChatAdapter):
         #: message id -> pieces of its reply already posted, so that a retried
         #: delivery does not post the first pieces twice.
         self._posted_pieces: dict[int, int] = {}
+        #: One posting-rate limiter per channel, least recently used first.
+        self._channel_limits: dict[str, AsyncLimiter] = {}
 
     # --- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
         self.state = AdapterState.CONNECTING
-        self._session = aiohttp.ClientSession()
+        # Sized like the agent pool: one connection per reply in flight.
+        connector = aiohttp.TCPConnector(limit=max(8, self.dispatcher.max_concurrency))
+        self._session = aiohttp.ClientSession(connector=connector)
         self._client = self._web_client(with_token=True)
         self._reader = self._web_client(
             with_token=True,
@@ -462,6 +471,7 @@ class SlackAdapter(ChatAdapter):
         for index, piece in enumerate(pieces):
             if index in done:
                 continue
+            await self._channel_turn(message.key.chat)
             await self._call(
                 "chat.postMessage",
                 client.chat_postMessage(
@@ -473,6 +483,21 @@ class SlackAdapter(ChatAdapter):
             )
             self._posted_pieces[message.id] = index + 1
         self._posted_pieces.pop(message.id, None)
+
+    async def _channel_turn(self, channel: str) -> None:
+        """Wait until ``channel`` may take another post (``channel_messages_per_second``):
+        keeping to Slack's limit is cheaper than its 429 and the retry after it."""
+        rate = self.config.channel_messages_per_second
+        if rate <= 0:
+            return
+        limiter = self._channel_limits.pop(channel, None)
+        if limiter is None:
+            # A burst of a few posts, then the rate: what Slack itself tolerates.
+            limiter = AsyncLimiter(rate * CHANNEL_BURST_SECONDS, CHANNEL_BURST_SECONDS)
+        self._channel_limits[channel] = limiter  # most recently used last
+        if len(self._channel_limits) > CHANNEL_LIMITERS:
+            del self._channel_limits[next(iter(self._channel_limits))]
+        await limiter.acquire()
 
     @contextlib.asynccontextmanager
     async def working(self, message: InboxMessage) -> AsyncIterator[None]:

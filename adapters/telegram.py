@@ -81,8 +81,12 @@ TYPING_INTERVAL = 4.0
 #: Flood waits (429 retry_after) the rate limiter sits out before giving up on
 #: one request; the dispatcher then retries the whole reply later.
 SEND_RETRIES = 5
-#: HTTP connections for sending (replies to many chats go out in parallel).
-CONNECTIONS = 64
+#: HTTP connections for sending, at least (replies to many chats go out in
+#: parallel); the pool grows to ``dispatcher.max_concurrency``.
+CONNECTIONS = 8
+#: Seconds a request waits for a free pooled connection (PTB's default, 1 s, would
+#: fail replies in a burst instead of queueing them).
+POOL_TIMEOUT = 30.0
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 
 _ENTITY_ERRORS = ("can't parse entities", "can't find end", "entity", "parse")
@@ -259,7 +263,10 @@ class TelegramAdapter(ChatAdapter):
     def _build_application(self) -> Application[Any, Any, Any, Any, Any, Any]:
         api_url = self.config.api_url
         self._requests = (
-            HTTPXRequest(connection_pool_size=CONNECTIONS),
+            HTTPXRequest(
+                connection_pool_size=max(CONNECTIONS, self.dispatcher.max_concurrency),
+                pool_timeout=POOL_TIMEOUT,
+            ),
             PollRequest(connection_pool_size=1),
         )
         builder = (
@@ -268,7 +275,13 @@ class TelegramAdapter(ChatAdapter):
             .base_url(api_url)
             .request(self._requests[0])
             .get_updates_request(self._requests[1])
-            .rate_limiter(_Limiter(max_retries=SEND_RETRIES))
+            .rate_limiter(
+                _Limiter(
+                    # 0 switches the overall limit off (AIORateLimiter's own convention).
+                    overall_max_rate=self.config.max_messages_per_second,
+                    max_retries=SEND_RETRIES,
+                )
+            )
             .updater(None)
         )
         if api_url.endswith("/bot"):

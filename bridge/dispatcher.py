@@ -252,6 +252,11 @@ class Dispatcher(Turns):
     def in_flight(self) -> int:
         return self._in_flight
 
+    @property
+    def max_concurrency(self) -> int:
+        """Agent calls in flight at most: what the HTTP pools are sized for."""
+        return self._config.max_concurrency
+
     # --- what adapters call ----------------------------------------------------------
 
     async def submit(self, msg: IncomingMessage) -> bool:
@@ -274,7 +279,7 @@ class Dispatcher(Turns):
             log.info("duplicate %s event %s ignored", msg.key.platform, msg.event_id)
             return False
         self.metrics.received.labels(msg.key.platform).inc()
-        log.info("accepted message %d in %s from %s", stored.id, msg.key, msg.sender)
+        log.debug("accepted message %d in %s from %s", stored.id, msg.key, msg.sender)
         log.debug("message %d text: %r", stored.id, msg.text)
         if self._claimer is None and self._accepting:
             # An adapter that takes messages is ready to answer them; the inbox

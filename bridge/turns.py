@@ -18,6 +18,7 @@ import enum
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, TypeVar
 
 from bridge.config import DispatcherConfig, MessagesConfig
@@ -153,6 +154,10 @@ class Turns:
         call = asyncio.create_task(self._ask_agent(message), name=f"message-{message.id}")
         self._calls[message.id] = call
         try:
+            # Most answers come within a second; only a slower one gets the indicator.
+            done, _ = await asyncio.wait({call}, timeout=self._config.working_after)
+            if done:
+                return call.result()
             async with adapter.working(message):
                 return await call
         except asyncio.CancelledError:
@@ -223,7 +228,7 @@ class Turns:
             self.metrics.agent_latency.labels(backend.name).observe(time.monotonic() - started)
         self.metrics.tokens.labels(backend.name, "input").inc(result.usage.input_tokens)
         self.metrics.tokens.labels(backend.name, "output").inc(result.usage.output_tokens)
-        log.info(
+        log.debug(
             "message %d: agent %s answered in %.2fs (session %s)",
             message.id,
             backend.name,
@@ -286,7 +291,15 @@ class Turns:
             self.metrics.answered.labels(platform).inc()
         else:
             self.metrics.failed.labels(platform).inc()
-        log.info("message %d answered in %s", message.id, message.key)
+        # The one INFO line of a message's life (the steps before it are at DEBUG).
+        log.info(
+            "message %d in %s from %s %s in %s",
+            message.id,
+            message.key,
+            message.sender,
+            "answered" if reply.error_kind is None else f"answered ({reply.error_kind})",
+            _since(message.created_at),
+        )
         if finished is Finished.KEPT:
             return Next.CONTINUE
         if finished is Finished.RELEASED_WITH_WORK:
@@ -317,3 +330,10 @@ class Turns:
     def _store_failed(self, exc: StorageError) -> None:
         self.metrics.store_errors.inc()
         self.store_problem = str(exc)
+
+
+def _since(created_at: datetime | None) -> str:
+    """``"0.42s"`` since the message was accepted (``"?"`` if not known)."""
+    if created_at is None:
+        return "?"
+    return f"{(datetime.now(UTC) - created_at).total_seconds():.2f}s"

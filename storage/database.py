@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import re
@@ -36,9 +37,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from alembic import command
-from alembic.config import Config as AlembicConfig
-from alembic.util.exc import CommandError
 from sqlalchemy import event, func, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Connection, make_url
@@ -55,9 +53,9 @@ from bridge.errors import MissingDriverError, StorageError
 log = logging.getLogger("storage")
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
-
-
-MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+#: Seconds after which a PostgreSQL connection is replaced (before the idle
+#: timeouts of proxies and firewalls, commonly 1 hour or more, cut it).
+PG_POOL_RECYCLE = 1800.0
 
 #: Seconds a SQLite connection waits for another one's write lock.
 SQLITE_BUSY_TIMEOUT = 5.0
@@ -139,10 +137,12 @@ class Database:
             raise StorageError("the store is already open")
         engine = self._engine = self._create_engine()
         try:
-            if migrate:
-                await self.upgrade()
-            else:
+            # A database already at the newest schema (every start but the first
+            # after an upgrade) costs one read, not Alembic's import and run.
+            if not migrate or await self.schema_version() == head_revision():
                 await self.ping()
+            else:
+                await self.upgrade()
         except BaseException:
             # close() may have run meanwhile (a caller giving up): dispose of ours.
             await engine.dispose()
@@ -166,6 +166,11 @@ class Database:
         and the later ones find nothing left to do.
         """
 
+        # Imported here: a start that needs no migration never pays for Alembic.
+        from alembic import command
+        from alembic.config import Config as AlembicConfig
+        from alembic.util.exc import CommandError
+
         def run(connection: Connection) -> None:
             config = AlembicConfig()
             config.set_main_option("script_location", str(MIGRATIONS))
@@ -186,6 +191,17 @@ class Database:
                 f"cannot migrate the database {self._display_url}: {exc}; "
                 "was it created by a newer version of agent-bridge?"
             ) from exc
+
+    async def schema_version(self) -> str | None:
+        """The schema revision the database is at; None for a new database."""
+        try:
+            async with self._read("read the schema version") as conn:
+                row = (await conn.execute(text("SELECT version_num FROM alembic_version"))).first()
+        except StorageError:
+            # No alembic_version table yet (a new database), or the database does not
+            # answer: upgrade() finds out which, with its own message.
+            return None
+        return None if row is None else str(row[0])
 
     async def ping(self) -> None:
         """Raise `StorageError` unless the database answers."""
@@ -218,9 +234,13 @@ class Database:
                 # search path travels as a server setting at connect.
                 connect_args["server_settings"] = {"search_path": self._schema}
             options["connect_args"] = connect_args
-            # A daemon outlives connections (a PostgreSQL restart, a proxy's
-            # idle timeout): test each one before use.
-            options["pool_pre_ping"] = True
+            # No pre-ping (a round trip before every transaction, 7% of the CPU per
+            # message): a connection that died (a PostgreSQL restart) fails the one
+            # transaction that finds it, SQLAlchemy then discards the whole pool, and
+            # the caller's own retry (the dispatcher's, the platform's redelivery)
+            # runs on a fresh connection. Recycling connections before a proxy's or
+            # firewall's idle timeout keeps that from happening in quiet hours.
+            options["pool_recycle"] = PG_POOL_RECYCLE
         try:
             engine = create_async_engine(url, **options)
         except ImportError as exc:
@@ -426,3 +446,22 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 
     event.listen(engine.sync_engine, "connect", on_connect)
     event.listen(engine.sync_engine, "begin", on_begin)
+
+
+_REVISION = re.compile(r'^(down_revision|revision)\s*=\s*(?:"([^"]*)"|None)', re.MULTILINE)
+
+
+@functools.cache
+def head_revision() -> str:
+    """The newest migration's revision, read from the scripts without importing
+    Alembic: the one revision no other one revises."""
+    revisions: set[str] = set()
+    revised: set[str] = set()
+    for script in (MIGRATIONS / "versions").glob("*.py"):
+        for key, value in _REVISION.findall(script.read_text(encoding="utf-8")):
+            if value:
+                (revisions if key == "revision" else revised).add(value)
+    heads = revisions - revised
+    if len(heads) != 1:
+        raise StorageError(f"the migrations have {len(heads)} heads: {sorted(heads)}")
+    return heads.pop()

@@ -126,6 +126,10 @@ class DispatcherConfig(Section):
     #: Seconds, at most, between attempts to post a reply the platform refuses
     #: (the wait grows 1, 3, 10, 30 s... up to this), for as long as the bridge runs.
     delivery_retry_max: float = Field(300, ge=1)
+    #: Seconds the agent may take before the user is shown that it works on the
+    #: message (typing action, reaction): an answer that comes sooner needs none,
+    #: and each indicator is one more platform request. 0: show it at once.
+    working_after: float = Field(1.0, ge=0)
 
 
 class TelegramConfig(Section):
@@ -140,6 +144,10 @@ class TelegramConfig(Section):
     webhook_secret: SecretStr | None = None
     listen: str = "127.0.0.1:8443"
     api_url: HttpUrl = TELEGRAM_API_URL
+    #: Messages the bot sends per second across all chats: Telegram's bulk limit
+    #: is 30 (paid broadcasts allow up to 1000). 0: no overall limit (a local Bot
+    #: API server). The per-chat limits (1 a second, 20 a minute in groups) stay.
+    max_messages_per_second: float = Field(30, ge=0)
 
     @field_validator("webhook_secret")
     @classmethod
@@ -172,6 +180,9 @@ class SlackConfig(Section):
     listen: str = "127.0.0.1:3000"
     path: str = "/slack/events"
     api_url: HttpUrl = "https://slack.com/api/"
+    #: Replies posted per second into one channel (Slack allows about 1, with
+    #: short bursts, and answers 429 beyond). 0: no limit of our own.
+    channel_messages_per_second: float = Field(1, ge=0)
 
     @field_validator("listen")
     @classmethod

@@ -131,11 +131,32 @@ async def test_channel_mention_is_answered_in_its_thread(
     assert post.args["markdown_text"] == "echo: what is x (https://x.io) & y?"
     assert "text" not in post.args
     assert post.token == slack.bot_token
-    # The working indicator: a reaction on the user's message, removed afterwards.
-    [added] = slack.calls_to("reactions.add")
+    # Answered within dispatcher.working_after: no working indicator was needed.
+    assert slack.calls_to("reactions.add") == []
+
+
+async def test_a_slow_answer_shows_the_working_reaction_until_it_is_posted(
+    tmp_path: Path, slack: FakeSlack, agents: FakeAgentServer
+) -> None:
+    config = make_config(tmp_path, slack, agents)
+    config = config.model_copy(
+        update={"dispatcher": config.dispatcher.model_copy(update={"working_after": 0.05})}
+    )
+    agents.hold()
+    async with running(config, slack) as bridge:
+        mention = slack.mention("think hard", channel="C1")
+        envelope = await slack.send_event(mention)
+        await slack.wait_ack(envelope)
+        added = await slack.wait_call("reactions.add")
+        assert slack.calls_to("reactions.remove") == []  # still working
+        assert bridge.posts() == []
+        agents.release()
+        await bridge.core.dispatcher.wait_idle()
+    # A reaction on the user's message, removed once the answer is there.
     [removed] = slack.calls_to("reactions.remove")
     assert added.args == removed.args
     assert added.args["timestamp"] == mention["ts"] and added.args["channel"] == "C1"
+    assert bridge.replies() == ["echo: think hard"]
 
 
 async def test_thread_followups_without_mention_keep_one_session(
@@ -506,12 +527,33 @@ async def test_agent_errors_reach_the_user_as_friendly_text(
     assert bridge.replies() == [config.messages.insufficient_balance]
 
 
+async def test_replies_into_one_channel_keep_to_its_posting_rate(
+    tmp_path: Path, slack: FakeSlack, agents: FakeAgentServer
+) -> None:
+    # 1 a second with a burst of 3: five answers in one channel take 2 s or more.
+    config = make_config(tmp_path, slack, agents, channel_messages_per_second=1)
+    async with running(config, slack) as bridge:
+        for i in range(5):
+            envelope = await slack.send_event(slack.mention(f"question {i}", channel="C1"))
+            await slack.wait_ack(envelope)
+        await bridge.core.dispatcher.wait_idle()
+    posts = bridge.posts()
+    assert len(posts) == 5
+    assert posts[4].at - posts[0].at >= 1.5
+    assert posts[2].at - posts[0].at < 1.0  # the burst went out at once
+
+
 async def test_working_indicator_failures_are_ignored(
     tmp_path: Path, slack: FakeSlack, agents: FakeAgentServer
 ) -> None:
     slack.fail("reactions.add", error="missing_scope")
-    async with running(make_config(tmp_path, slack, agents), slack) as bridge:
+    config = make_config(tmp_path, slack, agents)
+    config = config.model_copy(
+        update={"dispatcher": config.dispatcher.model_copy(update={"working_after": 0})}
+    )
+    async with running(config, slack) as bridge:
         await bridge.deliver(slack.mention("still works"))
+    assert len(slack.calls_to("reactions.add")) == 1  # tried, and refused
     assert bridge.replies() == ["echo: still works"]
     assert slack.calls_to("reactions.remove") == []  # nothing was added
 

@@ -35,6 +35,7 @@ from tests.fakes.telegram import (
     MALLORY,
     FakeError,
     FakeTelegram,
+    User,
     channel_post,
     edited_text,
     group_mention,
@@ -239,29 +240,58 @@ async def test_a_store_failure_leaves_the_update_unconfirmed_and_it_is_answered_
     assert len(agents.chat_calls) == 1
 
 
+def working_after(config: Config, seconds: float) -> Config:
+    dispatcher = config.dispatcher.model_copy(update={"working_after": seconds})
+    return config.model_copy(update={"dispatcher": dispatcher})
+
+
+async def test_the_overall_sending_rate_is_configurable(
+    tmp_path: Path, tg: FakeTelegram, agents: FakeAgentServer
+) -> None:
+    # 4 a second (Telegram's bulk limit is 30): ten users' answers take a second or more.
+    config = make_config(tmp_path, tg, agents, allowed_users=["*"], max_messages_per_second=4)
+    async with running(config):
+        for i in range(10):
+            tg.push(private_text(User(5000 + i, f"user{i}"), f"hello {i}"))
+        sent = await tg.wait_sent(count=10)
+    assert sent[-1].at - sent[0].at >= 1.0
+
+
+async def test_a_quick_answer_needs_no_typing_action(
+    tg: FakeTelegram, agents: FakeAgentServer, bridge: tuple[Core, TelegramAdapter]
+) -> None:
+    reply = await answered(tg, private_text(ALICE, "quick"), ALICE.id)
+    assert reply["text"] == "echo: quick"
+    # Answered within dispatcher.working_after (1 s): one request, not two.
+    assert tg.calls_of("sendChatAction") == []
+
+
 async def test_typing_is_shown_while_the_agent_works_and_stops_before_the_reply(
+    tmp_path: Path,
     tg: FakeTelegram,
     agents: FakeAgentServer,
-    bridge: tuple[Core, TelegramAdapter],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(telegram_module, "TYPING_INTERVAL", 0.05)
     agents.hold()
-    tg.push(private_text(ALICE, "think hard"))
-    actions = await tg.wait_calls("sendChatAction", count=3)
-    assert actions[0].params == {"chat_id": ALICE.id, "action": "typing"}
-    agents.release()
-    [reply] = await tg.wait_sent(ALICE.id)
+    async with running(working_after(make_config(tmp_path, tg, agents), 0.05)):
+        tg.push(private_text(ALICE, "think hard"))
+        actions = await tg.wait_calls("sendChatAction", count=3)
+        assert actions[0].params == {"chat_id": ALICE.id, "action": "typing"}
+        agents.release()
+        [reply] = await tg.wait_sent(ALICE.id)
     after = [c for c in tg.calls_of("sendChatAction") if c.at > reply.at]
     assert after == []
 
 
 async def test_a_failing_typing_action_does_not_disturb_the_answer(
-    tg: FakeTelegram, agents: FakeAgentServer, bridge: tuple[Core, TelegramAdapter]
+    tmp_path: Path, tg: FakeTelegram, agents: FakeAgentServer
 ) -> None:
     tg.fail_always("sendChatAction", FakeError(400, "Bad Request: not enough rights"))
-    reply = await answered(tg, private_text(ALICE, "still fine"), ALICE.id)
+    async with running(working_after(make_config(tmp_path, tg, agents), 0)):
+        reply = await answered(tg, private_text(ALICE, "still fine"), ALICE.id)
     assert reply["text"] == "echo: still fine"
+    assert tg.calls_of("sendChatAction")  # tried, and refused
 
 
 # --- groups and topics -------------------------------------------------------------------

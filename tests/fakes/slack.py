@@ -91,6 +91,8 @@ class ApiCall:
     method: str
     args: dict[str, Any]
     token: str | None
+    #: time.monotonic() when the call arrived.
+    at: float = field(default_factory=time.monotonic)
 
 
 @dataclass(frozen=True)

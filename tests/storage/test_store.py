@@ -18,6 +18,8 @@ from sqlalchemy import inspect
 from bridge.errors import MissingDriverError, StorageError
 from bridge.model import ConversationKey, IncomingMessage, MessageStatus, Usage
 from storage import Store
+from storage.database import MIGRATIONS, head_revision
+from storage.database import Database as StoreDatabase
 from storage.schema import metadata
 from tests.storage.conftest import Database
 
@@ -52,11 +54,35 @@ async def test_open_migrates_and_reopening_is_a_no_op(db: Database) -> None:
     async with db.engine() as engine, engine.connect() as conn:
         tables = await conn.run_sync(lambda c: set(inspect(c).get_table_names()))
     assert {"conversations", "messages", "alembic_version"} <= tables
-    assert await db.execute("SELECT version_num FROM alembic_version") == [("0002",)]
+    assert await db.execute("SELECT version_num FROM alembic_version") == [(head_revision(),)]
 
     async with db.store() as store:  # a restart keeps the data
         assert first is not None
         assert [m.id for m in await store.unfinished()] == [first.id]
+
+
+def test_the_head_read_from_the_scripts_is_alembics() -> None:
+    from alembic.config import Config as AlembicConfig
+    from alembic.script import ScriptDirectory
+
+    config = AlembicConfig()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    assert head_revision() == ScriptDirectory.from_config(config).get_current_head()
+
+
+async def test_a_database_at_the_head_is_opened_without_running_alembic(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with db.store():
+        pass  # created and migrated
+
+    async def no_upgrade(self: StoreDatabase) -> None:
+        raise AssertionError("upgrade ran on a database already at the head")
+
+    monkeypatch.setattr(StoreDatabase, "upgrade", no_upgrade)
+    async with db.store() as store:
+        assert await store.schema_version() == head_revision()
+        assert await store.accept(incoming("e1")) is not None
 
 
 async def test_migrations_match_the_schema_the_code_uses(db: Database) -> None:
