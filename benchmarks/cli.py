@@ -221,7 +221,7 @@ class Bench:
                 results.add(f"{name}_p99", column, percentile(values, 99) * 1000)
 
         async def crowd(column: str, session: Session) -> None:
-            within = o.conversations / 10 + 120
+            within = o.conversations / 5 + 120
             result = await scenarios.crowd(session, o.conversations, within=within)
             results.add("crowd_wall", column, result.wall)
             results.add("crowd_rss", column, result.peak_rss_kib / 1024)

@@ -25,13 +25,23 @@ from benchmarks import scenarios
 from benchmarks.databases import POSTGRES, SQLITE, scratch_database
 from benchmarks.scenarios import BRIDGE, RELAY, open_session
 
+#: Leaves that are waits, which py-spy's idle detection does not always recognize: the
+#: event loop's epoll, aiosqlite's worker threads waiting for their next statement.
+IDLE_LEAVES = (
+    "EpollSelector.select (selectors.py",
+    "_connection_worker_thread (aiosqlite/core.py:59)",
+    "Condition.wait (threading.py",
+    "Queue.get (queue.py",
+)
+
 
 def summarize(raw: str, top: int) -> str:
     """Top ``top`` frames by own and by inclusive samples, from py-spy's raw format
-    (one ``frame;frame;...;leaf count`` line per distinct stack)."""
+    (one ``frame;frame;...;leaf count`` line per distinct stack), waits excluded."""
     own: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
-    total = 0
+    packages: Counter[str] = Counter()
+    total = idle = 0
     for line in raw.splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not stack or not count_text.isdigit():
@@ -41,19 +51,35 @@ def summarize(raw: str, top: int) -> str:
         frames = [f for f in frames if not f.startswith("thread ")]
         if not frames:
             continue
+        if frames[-1].startswith(IDLE_LEAVES):
+            idle += count
+            continue
         total += count
         own[frames[-1]] += count
+        packages[_package(frames[-1])] += count
         for frame in set(frames):
             inclusive[frame] += count
     if not total:
         return "no samples"
-    out = [f"{total} samples", "", "own time:", ""]
+    out = [f"{total} busy samples ({idle} more in waits, left out)", "", "own time:", ""]
     out += [f"{i}. {n / total:6.1%}  {f}" for i, (f, n) in enumerate(own.most_common(top), 1)]
+    out += ["", "own time by package:", ""]
+    out += [f"- {n / total:6.1%}  {p}" for p, n in packages.most_common(top)]
     out += ["", "inclusive time (outside asyncio's loop and the entry points):", ""]
     skip = ("run_forever", "_run_once", "_run (asyncio", "<module>", "run (asyncio", "main (")
     shown = [(f, n) for f, n in inclusive.most_common() if not any(s in f for s in skip)]
     out += [f"{i}. {n / total:6.1%}  {f}" for i, (f, n) in enumerate(shown[:top], 1)]
     return "\n".join(out)
+
+
+def _package(frame: str) -> str:
+    """``f (sqlalchemy/sql/x.py:1)`` -> ``sqlalchemy``; ``f (bridge/turns.py:3)`` ->
+    ``bridge/turns.py`` (the project's own modules one by one)."""
+    where = frame.rpartition(" (")[2].rstrip(")").rpartition(":")[0]
+    top, _, rest = where.partition("/")
+    if top in ("bridge", "adapters", "storage", "benchmarks"):
+        return where
+    return top.removesuffix(".py") if rest else where.removesuffix(".py")
 
 
 async def profile(args: argparse.Namespace, py_spy: str) -> str:
@@ -116,6 +142,13 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(summarize(raw.read_text(), args.top))
     return 0
+
+
+def main_summary(argv: list[str] | None = None) -> None:
+    """Summarize an existing raw file: ``python -c 'from benchmarks.profile import
+    main_summary; main_summary()' /tmp/profile.txt``."""
+    args = (argv if argv is not None else sys.argv[1:]) or ["/tmp/profile.txt"]
+    print(summarize(Path(args[0]).read_text(), int(args[1]) if len(args) > 1 else 10))
 
 
 if __name__ == "__main__":
