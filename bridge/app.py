@@ -44,8 +44,14 @@ async def open_core(config: Config, *, metrics: Metrics | None = None) -> AsyncI
         instance = await stack.enter_async_context(
             Instance(store, lease_timeout=config.storage.lease_timeout)
         )
-        http = await stack.enter_async_context(create_http_client())
-        backends = create_backends(config.agents, messages=config.messages, client=http)
+        # One connection per agent call in flight: fewer would queue calls the
+        # semaphore already let through; more would only sit idle.
+        http = await stack.enter_async_context(
+            create_http_client(max_connections=config.dispatcher.max_concurrency)
+        )
+        backends = create_backends(
+            config.agents, messages=config.messages, client=http, history=store
+        )
         for backend in backends.values():
             stack.push_async_callback(backend.aclose)
         dispatcher = await stack.enter_async_context(

@@ -11,6 +11,10 @@ spending an agent turn.
   ``apps.connections.open`` with the app token (it only hands out a WebSocket
   URL, which we do not open, so it costs nothing).
 
+``check --probe AGENT`` is apart (`probe_agent`): it sends one real message to
+one agent and reports what came back. It is the only check that spends a turn
+(and tokens), so it runs only when asked for.
+
 The platform calls are plain HTTPS requests against the configured ``api_url``
 (the same base the adapters use), so the core imports no platform SDK.
 Reasons never contain a secret: the Bot API puts the token in the URL, so
@@ -27,6 +31,8 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import difflib
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -34,8 +40,9 @@ from typing import Any
 import httpx
 
 from bridge.config import Config, SlackConfig, TelegramConfig
-from bridge.errors import BridgeError
+from bridge.errors import BridgeError, ConfigError
 from bridge.logs import redact
+from bridge.model import Usage
 
 #: Seconds for one platform call.
 CHECK_TIMEOUT = 15.0
@@ -46,6 +53,21 @@ class CheckResult:
     item: str
     ok: bool
     detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeReport:
+    """What one real turn of `probe_agent` brought back."""
+
+    agent: str
+    answer: str
+    session_id: str | None
+    usage: Usage
+    seconds: float
+
+
+#: What ``check --probe`` sends unless told otherwise.
+PROBE_TEXT = "ping"
 
 
 def config_warnings(config: Config) -> list[str]:
@@ -192,3 +214,40 @@ async def _post(
     if not isinstance(body, dict):
         return f"unreadable answer (HTTP {response.status_code})"
     return body
+
+
+def probe_agent_name(config: Config, name: str) -> None:
+    """`ConfigError` naming the configured agents unless ``name`` is one of them."""
+    if name in config.agents:
+        return
+    names = ", ".join(sorted(config.agents))
+    hint = difflib.get_close_matches(name, list(config.agents), n=1)
+    extra = f'; did you mean "{hint[0]}"?' if hint else ""
+    raise ConfigError([f"--probe: no agent named {name!r} (configured: {names}){extra}"])
+
+
+async def probe_agent(config: Config, name: str, text: str = PROBE_TEXT) -> ProbeReport:
+    """Send ``text`` to agent ``name`` as the first turn of a new session and
+    return the answer; raises `AgentError` as a chat turn would. This spends a
+    turn: the agent runs (and bills) it."""
+    from bridge.backends import create_backend, create_http_client
+    from bridge.history import MemoryHistory
+
+    probe_agent_name(config, name)
+    async with create_http_client() as client:
+        # A history of its own (a chat-completions agent needs one): the probe is a
+        # new thread, and nothing of it is kept.
+        backend = create_backend(
+            name,
+            config.agents[name],
+            messages=config.messages,
+            client=client,
+            history=MemoryHistory(),
+        )
+        try:
+            started = time.monotonic()
+            reply = await backend.chat(text, backend.new_session_id())
+            seconds = time.monotonic() - started
+        finally:
+            await backend.aclose()
+    return ProbeReport(name, reply.text, reply.session_id, reply.usage, seconds)

@@ -49,6 +49,24 @@ def clean_text(text: str) -> str:
     return text
 
 
+def agent_input(text: str, context: object = None) -> str:
+    """The one text the agent receives for a message: the user's ``text``, after the
+    earlier messages an adapter gave as ``meta["context"]`` (a Slack thread's history
+    at the first mention, a Telegram message replied to), if any, in a delimited
+    block so that the agent can tell them from the question::
+
+        Earlier messages, for context:
+        <<<
+        U123: shall we ship on Friday?
+        >>>
+
+        what do you think?
+    """
+    if not isinstance(context, str) or not context.strip():
+        return text
+    return f"Earlier messages, for context:\n<<<\n{context.strip()}\n>>>\n\n{text}"
+
+
 @dataclass(frozen=True, slots=True)
 class IncomingMessage:
     """A user's message, normalized by an adapter.
@@ -153,3 +171,12 @@ class Reply:
     text: str
     #: Set when the text is a friendly error instead of the agent's answer.
     error_kind: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TurnContext:
+    """Who asks, for backends that pass it on (``{user_id}`` and ``{user_name}`` of
+    an http agent's body). The platform's ids, as the adapter gave them."""
+
+    user_id: str = ""
+    user_name: str = ""

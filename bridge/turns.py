@@ -37,7 +37,9 @@ from bridge.model import (
     InboxMessage,
     MessageStatus,
     Reply,
+    TurnContext,
     Usage,
+    agent_input,
 )
 
 if TYPE_CHECKING:
@@ -220,7 +222,13 @@ class Turns:
     ) -> AgentReply:
         started = time.monotonic()
         try:
-            result = await backend.chat(message.text, session)
+            # Earlier messages an adapter gave (``meta["context"]``) go before the text;
+            # max_input_chars has applied to what the user typed only.
+            text = agent_input(message.text, message.meta.get("context"))
+            who = TurnContext(
+                user_id=message.sender, user_name=str(message.meta.get("username") or "")
+            )
+            result = await backend.chat(text, session, context=who)
         except AgentError as exc:
             self.metrics.agent_errors.labels(backend.name, exc.kind).inc()
             raise

@@ -161,3 +161,17 @@ leases = Table(
     Column("owner", String, nullable=False),
     Column("acquired_at", UTCDateTime, nullable=False),
 )
+
+#: The turns of threads whose agent API remembers nothing (OpenAI Chat
+#: Completions): the bridge resends them (``storage/history.py``). Keyed by the
+#: session id the backend made for the thread, not by the conversation: a reset
+#: gives the thread a new session id, and so an empty history.
+history = Table(
+    "history",
+    metadata,
+    Column("id", Id, primary_key=True),
+    Column("session_id", String, nullable=False, index=True),
+    Column("user_text", Text, nullable=False),
+    Column("reply_text", Text, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+)

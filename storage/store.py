@@ -8,7 +8,9 @@ async), assembled from its parts along their seams:
 - `storage.conversations.Conversations`: chat threads and agent sessions;
 - `storage.queue.Queue`: the inbox as a claimed work queue (a message's
   states, and every statement that moves it);
-- `storage.instances.Instances`: live instances and named leases.
+- `storage.instances.Instances`: live instances and named leases;
+- `storage.history.History`: the turns of stateless agents' threads (the
+  core's `bridge.history.ConversationHistory`).
 
 Every method is one transaction, committed when it returns.
 
@@ -20,18 +22,37 @@ Example::
 
 from __future__ import annotations
 
+import logging
+
 from storage.database import MIGRATION_LOCK_KEY, MIGRATIONS, SQLITE_BUSY_TIMEOUT
+from storage.history import History
 from storage.instances import Instances
 from storage.queue import FINISHED, UNFINISHED, Claim, Queue, QueueStats
 
+log = logging.getLogger("storage")
 
-class Store(Queue, Instances):
-    """The inbox, the conversations and the instances; an async context manager.
+
+class Store(Queue, Instances, History):
+    """The inbox, the conversations, the instances and the history; an async
+    context manager.
 
     ``schema`` (PostgreSQL only) puts the tables in that schema, through the
     connection's ``search_path``; the schema must exist. The tests use it for
     a throwaway schema per test.
     """
+
+    async def purge_text(self, older_than_days: float) -> int:
+        """Erase the text and reply of messages finished more than ``older_than_days``
+        ago, and delete the history turns recorded before then; return how many
+        messages were erased (the history's count is logged)."""
+        # The queue erases the messages' text first (super), then the history's copy
+        # of the same words goes by the same retention: a turn kept there would
+        # outlive the message it came from.
+        erased = await super().purge_text(older_than_days)
+        deleted = await self.purge_history(older_than_days)
+        if deleted:
+            log.info("deleted %d history turn(s) older than the retention", deleted)
+        return erased
 
 
 __all__ = [

@@ -8,6 +8,8 @@ import pytest
 from bridge.cli import main
 from bridge.config import (
     ConfigError,
+    HttpAgentConfig,
+    OpenAIAgentConfig,
     PeakaAgentConfig,
     ThinnestAgentConfig,
     find_config_path,
@@ -46,6 +48,9 @@ def test_example_config_loads_with_the_variables_it_names(tmp_path: Path) -> Non
     assert config.telegram is not None and config.slack is not None
     assert isinstance(config.agents["analytics"], PeakaAgentConfig)
     assert config.agents["analytics"].api_key.get_secret_value() == "value-of-peaka-api-key"
+    assert isinstance(config.agents["assistant"], OpenAIAgentConfig)
+    assert isinstance(config.agents["dify"], HttpAgentConfig)
+    assert config.agents["dify"].preset == "dify"
     assert config.daemon.http_listen == "127.0.0.1:9464"
     # Every key of every section is documented in the example.
     for section, model in [
@@ -82,7 +87,9 @@ def test_missing_environment_variable_names_key_and_variable() -> None:
 
 def test_wrong_backend_lists_the_choices() -> None:
     found = problems({"agents": {"default": {"backend": "thinnst"}}})
-    assert found == ['agents.default.backend: expected one of "thinnest", "peaka", "echo"']
+    assert found == [
+        'agents.default.backend: expected one of "thinnest", "peaka", "openai", "http", "echo"'
+    ]
 
 
 def test_wrong_type_is_an_error_not_a_coercion() -> None:

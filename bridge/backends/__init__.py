@@ -15,21 +15,28 @@ import httpx
 
 from bridge.backends.base import AgentBackend, AgentRequest, HttpAgentBackend, create_http_client
 from bridge.backends.echo import EchoBackend
+from bridge.backends.generic import GenericHttpBackend
+from bridge.backends.openai_api import OpenAIBackend
 from bridge.backends.peaka import PeakaBackend
 from bridge.backends.thinnest import ThinnestBackend
 from bridge.config import (
     AgentConfig,
     EchoAgentConfig,
+    HttpAgentConfig,
     MessagesConfig,
+    OpenAIAgentConfig,
     PeakaAgentConfig,
     ThinnestAgentConfig,
 )
+from bridge.history import ConversationHistory
 
 __all__ = [
     "AgentBackend",
     "AgentRequest",
     "EchoBackend",
+    "GenericHttpBackend",
     "HttpAgentBackend",
+    "OpenAIBackend",
     "PeakaBackend",
     "ThinnestBackend",
     "create_backend",
@@ -39,23 +46,38 @@ __all__ = [
 
 
 def create_backend(
-    name: str, config: AgentConfig, *, messages: MessagesConfig, client: httpx.AsyncClient
+    name: str,
+    config: AgentConfig,
+    *,
+    messages: MessagesConfig,
+    client: httpx.AsyncClient,
+    history: ConversationHistory | None = None,
 ) -> AgentBackend:
-    """The backend for one ``[agents.NAME]`` section."""
+    """The backend for one ``[agents.NAME]`` section. ``history`` (the store) keeps
+    the turns of agents whose API remembers nothing (``api = "chat"``)."""
     if isinstance(config, ThinnestAgentConfig):
         return ThinnestBackend(name, config, messages=messages, client=client)
     if isinstance(config, PeakaAgentConfig):
         return PeakaBackend(name, config, messages=messages, client=client)
+    if isinstance(config, OpenAIAgentConfig):
+        return OpenAIBackend(name, config, messages=messages, client=client, history=history)
+    if isinstance(config, HttpAgentConfig):
+        return GenericHttpBackend(name, config, messages=messages, client=client)
     if isinstance(config, EchoAgentConfig):
         return EchoBackend(name)
     raise TypeError(f"agents.{name}: no backend for {type(config).__name__}")
 
 
 def create_backends(
-    agents: Mapping[str, AgentConfig], *, messages: MessagesConfig, client: httpx.AsyncClient
+    agents: Mapping[str, AgentConfig],
+    *,
+    messages: MessagesConfig,
+    client: httpx.AsyncClient,
+    history: ConversationHistory | None = None,
 ) -> dict[str, AgentBackend]:
-    """One backend per configured agent, all on the one shared ``client``."""
+    """One backend per configured agent, all on the one shared ``client`` (and
+    ``history``, see `create_backend`)."""
     return {
-        name: create_backend(name, config, messages=messages, client=client)
+        name: create_backend(name, config, messages=messages, client=client, history=history)
         for name, config in agents.items()
     }

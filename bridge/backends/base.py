@@ -68,7 +68,7 @@ from bridge.errors import (
     AgentUnauthorized,
     AgentUnavailable,
 )
-from bridge.model import AgentReply
+from bridge.model import AgentReply, TurnContext
 
 log = logging.getLogger("bridge.backends")
 
@@ -100,7 +100,9 @@ def create_http_client(*, max_connections: int = 100) -> httpx.AsyncClient:
         timeout=httpx.Timeout(60.0, connect=CONNECT_TIMEOUT),
         limits=httpx.Limits(
             max_connections=max_connections,
-            max_keepalive_connections=min(20, max_connections),
+            # Every connection may be kept: a pool refilled under load pays a TCP
+            # (and TLS) handshake per call.
+            max_keepalive_connections=max_connections,
             keepalive_expiry=30.0,
         ),
         headers={"User-Agent": f"agent-bridge/{__version__}"},
@@ -126,8 +128,11 @@ class AgentBackend(ABC):
     name: str
 
     @abstractmethod
-    async def chat(self, message: str, session_id: str | None) -> AgentReply:
-        """One turn; raises `AgentError` subclasses."""
+    async def chat(
+        self, message: str, session_id: str | None, *, context: TurnContext | None = None
+    ) -> AgentReply:
+        """One turn; raises `AgentError` subclasses. ``context`` says who asks, for
+        the backends that send it on."""
 
     def new_session_id(self) -> str | None:
         """The session id to send for a new conversation; ``None`` lets the API make one."""
@@ -185,6 +190,8 @@ _AGENT_WORDS = re.compile(r"\b(agent|project)", re.IGNORECASE)
 
 #: The config of an agent reached over HTTP: each backend class takes its own.
 C = TypeVar("C", bound=AgentBase)
+#: What `HttpAgentBackend.call()` reads from a 2xx body.
+R = TypeVar("R")
 
 
 class HttpAgentBackend(AgentBackend, Generic[C]):
@@ -193,7 +200,9 @@ class HttpAgentBackend(AgentBackend, Generic[C]):
     Subclasses implement `build_request()`, `parse_reply()` and `probe_request()`,
     and may override `describe_probe()`, `auth_headers()` (default: a Bearer
     ``api_key`` when the config has one), `parse_body()` (default: JSON) and
-    `classify_error()` (an API's own error codes, before the status table).
+    `classify_error()` (an API's own error codes, before the status table). A turn
+    that takes another request first (creating a conversation) sends it through
+    `call()`, under the same retries and error table.
     ``sleep`` is injectable so tests need not wait for real backoff.
     """
 
@@ -262,9 +271,26 @@ class HttpAgentBackend(AgentBackend, Generic[C]):
 
     # --- chat ---------------------------------------------------------------------------
 
-    async def chat(self, message: str, session_id: str | None) -> AgentReply:
+    async def chat(
+        self, message: str, session_id: str | None, *, context: TurnContext | None = None
+    ) -> AgentReply:
         request = self.build_request(message, session_id)
         log.debug("agent %s: sending %r (session %s)", self.name, message, session_id)
+        reply = await self.call(
+            request, lambda data: self.parse_reply(data, session_id), sent_session_id=session_id
+        )
+        log.debug("agent %s: reply %r (session %s)", self.name, reply.text, reply.session_id)
+        return reply
+
+    async def call(
+        self, request: AgentRequest, parse: Callable[[Any], R], *, sent_session_id: str | None
+    ) -> R:
+        """Send ``request`` under the retry policy and the error table, and read its
+        2xx body with ``parse`` (which raises `ReplyFormatError` when the body holds
+        nothing usable). `chat()` is this with `build_request()` and `parse_reply()`;
+        a backend whose turn takes another request first (e.g. creating the
+        conversation it then talks in) sends that one through here too.
+        ``sent_session_id`` is the session the request names, for the error table."""
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(_Retry),
             wait=self._wait,
@@ -278,13 +304,17 @@ class HttpAgentBackend(AgentBackend, Generic[C]):
         # WARNING for an unreadable body here, where the details are known.
         async for attempt in retrying:
             with attempt:
-                reply = await self._attempt(request, session_id, attempt.retry_state.attempt_number)
-        log.debug("agent %s: reply %r (session %s)", self.name, reply.text, reply.session_id)
-        return reply
+                number = attempt.retry_state.attempt_number
+                result = await self._attempt(request, parse, sent_session_id, number)
+        return result
 
     async def _attempt(
-        self, request: AgentRequest, sent_session_id: str | None, attempt: int
-    ) -> AgentReply:
+        self,
+        request: AgentRequest,
+        parse: Callable[[Any], R],
+        sent_session_id: str | None,
+        attempt: int,
+    ) -> R:
         started = time.monotonic()
         try:
             response = await self._send(request, self.timeout)
@@ -299,7 +329,7 @@ class HttpAgentBackend(AgentBackend, Generic[C]):
         except ValueError as exc:
             raise self._bad_reply(response, "the body is not JSON") from exc
         try:
-            return self.parse_reply(data, sent_session_id)
+            return parse(data)
         except (ReplyFormatError, KeyError, TypeError, AttributeError) as exc:
             raise self._bad_reply(response, str(exc) or type(exc).__name__) from exc
 
@@ -318,7 +348,11 @@ class HttpAgentBackend(AgentBackend, Generic[C]):
             raise httpx.UnsupportedProtocol(f"invalid URL: {exc}") from exc
 
     def _log_attempt(self, attempt: int, outcome: str, started: float) -> None:
-        log.info(
+        # A first attempt that succeeds is the usual case: DEBUG (the message's one
+        # INFO line says it was answered); anything else is worth seeing at INFO.
+        usual = attempt == 1 and outcome.startswith("2")
+        log.log(
+            logging.DEBUG if usual else logging.INFO,
             "agent %s: %s in %.2fs (attempt %d)",
             self.name,
             outcome,

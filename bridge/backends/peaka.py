@@ -34,7 +34,7 @@ from bridge.backends.base import (
     ReplyFormatError,
 )
 from bridge.config import PeakaAgentConfig
-from bridge.model import AgentReply, Usage
+from bridge.model import AgentReply, TurnContext, Usage
 
 #: Rows and columns shown of a query result, and characters per cell.
 MAX_ROWS = 20
@@ -73,10 +73,12 @@ class PeakaBackend(HttpAgentBackend[PeakaAgentConfig]):
         thread_id = _thread_id(data) or sent_session_id
         return AgentReply(text=text, session_id=thread_id, usage=usage)
 
-    async def chat(self, message: str, session_id: str | None) -> AgentReply:
+    async def chat(
+        self, message: str, session_id: str | None, *, context: TurnContext | None = None
+    ) -> AgentReply:
         # Peaka needs a threadId on every call: make one here (not in build_request) so
         # that the reply names the thread even when the answer does not.
-        return await super().chat(message, session_id or self.new_session_id())
+        return await super().chat(message, session_id or self.new_session_id(), context=context)
 
     def probe_request(self) -> AgentRequest:
         return AgentRequest(f"{self._project_url}/threads", method="GET")

@@ -10,7 +10,7 @@ validation two things are resolved, in this order:
 
 Every problem is reported at once, one line each, naming the key::
 
-    agents.default.backend: expected one of "thinnest", "peaka", "echo"
+    agents.default.backend: expected one of "thinnest", "peaka", "openai", "http", "echo"
     agents.default.api_key: environment variable THINNEST_API_KEY is not set
     slack.alowed_users: unknown key; did you mean "allowed_users"?
     slack.allowed_channels[0]: "general" is a name, not a channel id (C..., G... or D...)
@@ -28,10 +28,11 @@ Example::
     config.agents["default"].timeout   # 120.0
 """
 
+from bridge.config.agent_http import HttpAgentConfig
+from bridge.config.agent_openai import OpenAIAgentConfig
 from bridge.config.agents import (
     AGENT_MODELS,
     BACKENDS,
-    AgentBase,
     AgentConfig,
     EchoAgentConfig,
     PeakaAgentConfig,
@@ -44,6 +45,7 @@ from bridge.config.fields import (
     PEAKA_ZONES,
     SECRET_KEYS,
     TELEGRAM_API_URL,
+    AgentBase,
     HttpUrl,
     Section,
     SlackChannel,
@@ -81,8 +83,10 @@ __all__ = [
     "DaemonConfig",
     "DispatcherConfig",
     "EchoAgentConfig",
+    "HttpAgentConfig",
     "HttpUrl",
     "MessagesConfig",
+    "OpenAIAgentConfig",
     "PeakaAgentConfig",
     "SecretRef",
     "Section",

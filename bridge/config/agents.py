@@ -9,15 +9,9 @@ from pydantic import (
     SecretStr,
 )
 
-from bridge.config.fields import PEAKA_ZONES, HttpUrl, Section
-
-
-class AgentBase(Section):
-    #: Seconds for one agent call (connect + read).
-    timeout: float = Field(120, gt=0)
-    #: Upper bound, in seconds, of the time spent waiting between retries of
-    #: one call (429 and 5xx/connection errors).
-    max_retry_wait: float = Field(60, ge=0)
+from bridge.config.agent_http import HttpAgentConfig
+from bridge.config.agent_openai import OpenAIAgentConfig
+from bridge.config.fields import PEAKA_ZONES, AgentBase, HttpUrl
 
 
 class ThinnestAgentConfig(AgentBase):
@@ -48,6 +42,8 @@ class EchoAgentConfig(AgentBase):
 AGENT_MODELS: tuple[type[AgentBase], ...] = (
     ThinnestAgentConfig,
     PeakaAgentConfig,
+    OpenAIAgentConfig,
+    HttpAgentConfig,
     EchoAgentConfig,
 )
 #: The values of ``backend``.
@@ -56,6 +52,6 @@ BACKENDS: tuple[str, ...] = tuple(
 )
 
 AgentConfig = Annotated[
-    ThinnestAgentConfig | PeakaAgentConfig | EchoAgentConfig,
+    ThinnestAgentConfig | PeakaAgentConfig | OpenAIAgentConfig | HttpAgentConfig | EchoAgentConfig,
     Field(discriminator="backend"),
 ]

@@ -12,6 +12,7 @@ from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
+    Field,
 )
 
 SECRET_KEYS = frozenset({"api_key", "bot_token", "app_token", "signing_secret", "webhook_secret"})
@@ -100,3 +101,11 @@ def _telegram_user(value: int | str) -> int | str:
 
 
 TelegramUser = Annotated[int | str, AfterValidator(_telegram_user)]
+
+
+class AgentBase(Section):
+    #: Seconds for one agent call (connect + read).
+    timeout: float = Field(120, gt=0)
+    #: Upper bound, in seconds, of the time spent waiting between retries of
+    #: one call (429 and 5xx/connection errors).
+    max_retry_wait: float = Field(60, ge=0)

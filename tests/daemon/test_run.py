@@ -100,9 +100,14 @@ async def test_ready_watchdog_and_stopping_over_the_notify_socket(
         assert "Starting: connecting to telegram" in statuses
         assert ready.fields["STATUS"] == "Ready: telegram; 0 resumed"
 
-        pings = await notify_socket.wait_for("WATCHDOG", "1", count=4, within=10)
-        gaps = [b.at - a.at for a, b in itertools.pairwise(pings[1:])]
-        assert all(gap < 0.4 for gap in gaps), gaps  # every WATCHDOG_USEC/2
+        before = [p for p in notify_socket.with_key("WATCHDOG", "1") if p.at <= ready.at]
+        pings = await notify_socket.wait_for("WATCHDOG", "1", count=len(before) + 4, within=10)
+        # Every WATCHDOG_USEC/2 once running. (While it starts, the imports of the
+        # store and the adapters hold the loop for a few tenths of a second: nothing
+        # next to a real watchdog's tens of seconds.)
+        running = [p for p in pings if p.at > ready.at]
+        gaps = [b.at - a.at for a, b in itertools.pairwise(running)]
+        assert len(gaps) >= 3 and all(gap < 0.4 for gap in gaps), gaps
 
         code = await stopped(bridge)
         assert code == 0, bridge.stderr
