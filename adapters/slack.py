@@ -17,12 +17,17 @@ acknowledged (skipped), since a redelivery would fail the same way.
 
 Exactly once on the way out: `send_reply` tags every piece of a reply, and skips the
 pieces an earlier attempt already posted (`adapters.slack_replies`).
+
+The AI-app view (assistant threads: prompts, titles, the status while the agent works)
+is `adapters.slack_assistant`; a thread's earlier messages, read at the bot's first
+mention in it, `adapters.slack_context`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import re
 import traceback
@@ -31,23 +36,17 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
-from aiolimiter import AsyncLimiter
 from slack_bolt.async_app import AsyncApp
 from slack_bolt.authorization import AuthorizeResult
 from slack_bolt.context.ack.async_ack import AsyncAck
 from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_bolt.response import BoltResponse
-from slack_sdk.errors import SlackApiError, SlackClientError
-from slack_sdk.http_retry.async_handler import AsyncRetryHandler
-from slack_sdk.http_retry.builtin_async_handlers import (
-    AsyncConnectionErrorRetryHandler,
-    AsyncRateLimitErrorRetryHandler,
-    AsyncServerErrorRetryHandler,
-)
 from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.base import AdapterState, ChatAdapter
+from adapters.slack_assistant import AssistantThreads
 from adapters.slack_commands import answer_command
+from adapters.slack_context import thread_context
 from adapters.slack_events import (
     PLATFORM,
     TEXT_FILES,
@@ -66,12 +65,12 @@ from adapters.slack_events import (
     slack_to_text,
 )
 from adapters.slack_http import SlackHttpEndpoint
-from adapters.slack_replies import posted_before, reply_metadata
-from adapters.slack_socket import TOKEN_ERRORS, SlackSocket
-from adapters.text import split_markdown
+from adapters.slack_replies import MARKDOWN_LIMIT, SlackPoster
+from adapters.slack_socket import SlackSocket
+from adapters.slack_web import auth_test, posting_client, read_back_client, web_client
 from bridge.config import SlackConfig
-from bridge.errors import AdapterError, CredentialsRejected, ReplyUndeliverable, StorageError
-from bridge.model import ConversationKey, InboxMessage, Reply
+from bridge.errors import AdapterError, StorageError
+from bridge.model import InboxMessage, Reply
 from bridge.web import ListenError, serve
 
 if TYPE_CHECKING:
@@ -89,34 +88,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("adapters.slack")
-
-#: Web API errors after which a post can never succeed (the channel is gone, archived,
-#: or the bot was removed): the reply ends as failed instead of being retried.
-GONE_ERRORS = frozenset(
-    {"channel_not_found", "is_archived", "not_in_channel", "thread_not_found", "restricted_action"}
-)
-
-#: Web API errors that mean the token itself was refused: no retry can help.
-_REFUSED_TOKEN_ERRORS = TOKEN_ERRORS | {"not_allowed_token_type"}
-
-#: ``markdown_text`` of chat.postMessage takes standard Markdown, up to 12,000 characters.
-MARKDOWN_LIMIT = 12_000
-#: The reaction shown on the user's message while the agent works on it.
-WORKING_REACTION = "hourglass_flowing_sand"
-#: Seconds of posting a channel may do at once (a burst), at its rate.
-CHANNEL_BURST_SECONDS = 3.0
-#: Channels whose posting rate is remembered (the least recently used go first).
-CHANNEL_LIMITERS = 1000
-
-
-def _retry_handlers() -> list[AsyncRetryHandler]:
-    # slack_sdk installs only the connection-error handler by default; a 429 (with
-    # Retry-After) or a 5xx would otherwise fail the call at once.
-    return [
-        AsyncConnectionErrorRetryHandler(max_retry_count=2),
-        AsyncRateLimitErrorRetryHandler(max_retry_count=5),
-        AsyncServerErrorRetryHandler(max_retry_count=2),
-    ]
 
 
 class SlackAdapter(ChatAdapter):
@@ -139,7 +110,6 @@ class SlackAdapter(ChatAdapter):
         super().__init__(dispatcher)
         self.config = config
         self.identity: SlackIdentity | None = None
-        self._api_url = config.api_url if config.api_url.endswith("/") else f"{config.api_url}/"
         self._ping_interval = ping_interval
         self._watch_interval = watch_interval
         self._connect_timeout = connect_timeout
@@ -148,22 +118,16 @@ class SlackAdapter(ChatAdapter):
         #: For reading our own posts back: no rate-limit retries (a ratelimited
         #: read-back is skipped, not waited for) and a short timeout.
         self._reader: AsyncWebClient | None = None
-        #: For reply pieces: only 429s are retried in place (Slack posted nothing). A
-        #: connection error or a 5xx may come after Slack posted the piece: a blind
-        #: retry could post it twice, so the attempt fails and the dispatcher's next
-        #: one reads back what is there (delivery_attempts > 0).
+        #: For reply pieces: only 429s are retried in place (Slack posted nothing).
         self._poster: AsyncWebClient | None = None
+        self._posts: SlackPoster | None = None
+        self._assistant: AssistantThreads | None = None
         self._app: AsyncApp | None = None
         self._socket: SlackSocket | None = None
         self._runner: web.AppRunner | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._seen_events = _Recent()
         self._seen_notes = _Recent()
-        #: message id -> pieces of its reply already posted, so that a retried
-        #: delivery does not post the first pieces twice.
-        self._posted_pieces: dict[int, int] = {}
-        #: One posting-rate limiter per channel, least recently used first.
-        self._channel_limits: dict[str, AsyncLimiter] = {}
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -172,17 +136,19 @@ class SlackAdapter(ChatAdapter):
         # Sized like the agent pool: one connection per reply in flight.
         connector = aiohttp.TCPConnector(limit=max(8, self.dispatcher.max_concurrency))
         self._session = aiohttp.ClientSession(connector=connector)
-        self._client = self._web_client(with_token=True)
-        self._reader = self._web_client(
-            with_token=True,
-            retry_handlers=[AsyncConnectionErrorRetryHandler(max_retry_count=1)],
-            timeout=10,
-        )
-        self._poster = self._web_client(
-            with_token=True, retry_handlers=[AsyncRateLimitErrorRetryHandler(max_retry_count=5)]
-        )
-        self.identity = await self._auth_test(self._client)
+        self._client = web_client(self.config, self._session)
+        self._reader = read_back_client(self.config, self._session)
+        self._poster = posting_client(self.config, self._session)
+        self.identity = await auth_test(self._client)
         ident = self.identity
+        self._posts = SlackPoster(
+            ident,
+            client=self._client,
+            poster=self._poster,
+            reader=self._reader,
+            rate=self.config.channel_messages_per_second,
+        )
+        self._assistant = AssistantThreads(self._client, ident, self.config)
         self._app = self._build_app()
         if self.config.mode == "socket":
             if self.config.app_token is None:
@@ -214,6 +180,8 @@ class SlackAdapter(ChatAdapter):
         if not isinstance(config, SlackConfig):
             raise TypeError(f"expected a SlackConfig, not {type(config).__name__}")
         self.config = config
+        if self._assistant is not None:
+            self._assistant.config = config
         log.info(
             "Slack access reloaded: channels %s, users %s, teams %s",
             _count(config.allowed_channels),
@@ -235,55 +203,16 @@ class SlackAdapter(ChatAdapter):
             await self._session.close()
             self._session = None
         self._client = self._reader = self._poster = None
+        self._posts = self._assistant = None
         self.state = AdapterState.STOPPED
 
     async def check(self) -> str:
         if self._client is not None:
-            ident = await self._auth_test(self._client)
+            ident = await auth_test(self._client)
         else:
             async with aiohttp.ClientSession() as session:
-                self._session = session
-                try:
-                    ident = await self._auth_test(self._web_client(with_token=True))
-                finally:
-                    self._session = None
+                ident = await auth_test(web_client(self.config, session))
         return f"bot @{ident.user} ({ident.bot_user_id}) in {ident.team} ({ident.team_id})"
-
-    def _web_client(
-        self,
-        *,
-        with_token: bool,
-        retry_handlers: list[AsyncRetryHandler] | None = None,
-        timeout: int = 30,
-    ) -> AsyncWebClient:
-        return AsyncWebClient(
-            token=self.config.bot_token.get_secret_value() if with_token else None,
-            base_url=self._api_url,
-            session=self._session,
-            timeout=timeout,
-            retry_handlers=_retry_handlers() if retry_handlers is None else retry_handlers,
-            logger=logging.getLogger("adapters.slack.sdk"),
-        )
-
-    async def _auth_test(self, client: AsyncWebClient) -> SlackIdentity:
-        try:
-            resp = await client.auth_test()
-        except SlackApiError as exc:
-            error = str(exc.response.get("error", "unknown_error"))
-            if error in _REFUSED_TOKEN_ERRORS:
-                raise CredentialsRejected(PLATFORM, f"{error}: check slack.bot_token") from None
-            raise AdapterError(PLATFORM, f"auth.test failed: {error}") from None
-        except (aiohttp.ClientError, TimeoutError, SlackClientError) as exc:
-            raise AdapterError(
-                PLATFORM, f"cannot reach Slack at {self._api_url}: {type(exc).__name__}"
-            ) from exc
-        return SlackIdentity(
-            team_id=str(resp.get("team_id", "")),
-            team=str(resp.get("team", "")),
-            bot_user_id=str(resp.get("user_id", "")),
-            bot_id=resp.get("bot_id"),
-            user=str(resp.get("user", "")),
-        )
 
     def _build_app(self) -> AsyncApp:
         ident = self.identity
@@ -307,7 +236,7 @@ class SlackAdapter(ChatAdapter):
             name="agent-bridge",
             logger=logging.getLogger("adapters.slack.bolt"),
             # Explicit values everywhere: bolt falls back to SLACK_* environment variables.
-            client=self._web_client(with_token=False),
+            client=web_client(self.config, self._session, with_token=False),
             authorize=authorize,
             signing_secret=secret.get_secret_value() if secret is not None else "",
             # SlackHttpEndpoint verifies every HTTP request before bolt sees it (and
@@ -317,6 +246,8 @@ class SlackAdapter(ChatAdapter):
         )
         app.event("app_mention")(self._on_event)
         app.event("message")(self._on_event)
+        app.event("assistant_thread_started")(self._on_thread_started)
+        app.event("assistant_thread_context_changed")(self._on_context_changed)
         app.command("/agent")(self._on_command)
         # Everything else (an event the manifest did not ask for) is acked and dropped,
         # so that Slack does not redeliver it.
@@ -371,6 +302,19 @@ class SlackAdapter(ChatAdapter):
         await ack()
 
     async def _on_other_event(self, ack: AsyncAck) -> None:
+        await ack()
+
+    async def _on_thread_started(
+        self, body: dict[str, Any], event: dict[str, Any], ack: AsyncAck
+    ) -> None:
+        # The prompts are set after the ack: a slow Web API call must not delay it.
+        assert self._assistant is not None and self.identity is not None
+        self._spawn(self._assistant.thread_started(event, event_team(body, self.identity.team_id)))
+        await ack()
+
+    async def _on_context_changed(self, event: dict[str, Any], ack: AsyncAck) -> None:
+        assert self._assistant is not None
+        self._assistant.context_changed(event)
         await ack()
 
     async def _on_error(self, error: Exception, request: AsyncBoltRequest) -> BoltResponse | None:
@@ -428,7 +372,7 @@ class SlackAdapter(ChatAdapter):
                 )
                 self.dispatcher.note_refused(PLATFORM)
                 self._spawn(
-                    self._post_ephemeral(
+                    self._require_posts().ephemeral(
                         decision.channel, decision.user, TEXT_REFUSED, decision.key.thread
                     )
                 )
@@ -438,12 +382,42 @@ class SlackAdapter(ChatAdapter):
                 await self.dispatcher.reset(decision.key, decision.agent)
                 self._seen_notes.add(message_id)
                 log.info("Slack conversation %s reset by %s", decision.key, decision.user)
-                self._spawn(self._post_note(decision.key, TEXT_RESET))
+                self._spawn(self._require_posts().note(decision.key, TEXT_RESET))
         elif isinstance(decision, Note):
             if self._seen_notes.add(message_id):
-                self._spawn(self._post_note(decision.key, decision.text))
-        elif isinstance(decision, Accept) and not await self.dispatcher.submit(decision.message):
-            log.debug("Slack message %s was already accepted", message_id)
+                self._spawn(self._require_posts().note(decision.key, decision.text))
+        elif isinstance(decision, Accept):
+            await self._accept(decision)
+
+    async def _accept(self, decision: Accept) -> None:
+        """Submit the message. The first one of a thread the bridge does not know yet
+        gets the thread's earlier messages (a mention in a thread people started) or
+        names its assistant thread (a DM thread)."""
+        message, meta, key = decision.message, decision.message.meta, decision.key
+        in_thread = meta.get("thread_ts") not in (None, meta.get("ts"))
+        # A follow-up without a mention is in a thread the bridge knows already.
+        earlier = in_thread and not (meta.get("dm") or decision.followup)
+        earlier = earlier and self.config.context_chars > 0
+        first = (earlier or (meta.get("dm") and in_thread)) and (
+            await self.dispatcher.conversation(key) is None
+        )
+        if first and earlier:
+            assert self._reader is not None and self.identity is not None
+            context = await thread_context(
+                self._reader,
+                self.identity,
+                channel=str(meta["channel"]),
+                thread_ts=str(meta["thread_ts"]),
+                before=str(meta["ts"]),
+                limit=self.config.context_chars,
+            )
+            if context is not None:
+                message = dataclasses.replace(message, meta={**meta, "context": context})
+        if not await self.dispatcher.submit(message):
+            log.debug("Slack message %s was already accepted", decision.message_id)
+        elif first and meta.get("dm"):
+            assert self._assistant is not None
+            self._spawn(self._assistant.name_thread(key.chat, str(key.thread), message.text))
 
     # --- slash command ---------------------------------------------------------------
 
@@ -457,123 +431,22 @@ class SlackAdapter(ChatAdapter):
     # --- outgoing --------------------------------------------------------------------
 
     async def send_reply(self, message: InboxMessage, reply: Reply) -> None:
-        self._require_client()
-        client = self._poster
-        assert client is not None
-        pieces = split_markdown(reply.text, MARKDOWN_LIMIT) or ["…"]
-        # What this process posted of it already (a retry after a failed piece)...
-        done = set(range(self._posted_pieces.get(message.id, 0)))
-        if message.delivery_attempts > 0:
-            # ...and what an earlier attempt posted, perhaps in a process that crashed
-            # between posting and marking the message delivered: Slack has it.
-            assert self._reader is not None and self.identity is not None
-            done |= await posted_before(self._reader, self.identity, message, len(pieces))
-        for index, piece in enumerate(pieces):
-            if index in done:
-                continue
-            await self._channel_turn(message.key.chat)
-            await self._call(
-                "chat.postMessage",
-                client.chat_postMessage(
-                    channel=message.key.chat,
-                    thread_ts=message.key.thread,
-                    markdown_text=piece,
-                    metadata=reply_metadata(message.id, index, len(pieces)),
-                ),
-            )
-            self._posted_pieces[message.id] = index + 1
-        self._posted_pieces.pop(message.id, None)
-
-    async def _channel_turn(self, channel: str) -> None:
-        """Wait until ``channel`` may take another post (``channel_messages_per_second``):
-        keeping to Slack's limit is cheaper than its 429 and the retry after it."""
-        rate = self.config.channel_messages_per_second
-        if rate <= 0:
-            return
-        limiter = self._channel_limits.pop(channel, None)
-        if limiter is None:
-            # A burst of a few posts, then the rate: what Slack itself tolerates.
-            limiter = AsyncLimiter(rate * CHANNEL_BURST_SECONDS, CHANNEL_BURST_SECONDS)
-        self._channel_limits[channel] = limiter  # most recently used last
-        if len(self._channel_limits) > CHANNEL_LIMITERS:
-            del self._channel_limits[next(iter(self._channel_limits))]
-        await limiter.acquire()
+        posts = self._require_posts()
+        assistant = self._assistant
+        await posts.reply(message, reply, posted=assistant.posted if assistant else None)
 
     @contextlib.asynccontextmanager
     async def working(self, message: InboxMessage) -> AsyncIterator[None]:
-        client = self._client
-        if client is None or message.reply_to is None:
+        if self._assistant is None:
             yield
             return
-        target = {"channel": message.key.chat, "timestamp": message.reply_to}
-        # Added in the background: a slow reactions.add must not delay the agent call.
-        adding = asyncio.create_task(self._react(client.reactions_add, target))
-        try:
+        async with self._assistant.working(message):
             yield
-        finally:
-            if not adding.done():
-                adding.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await adding
-            elif adding.result():
-                await self._react(client.reactions_remove, target)
 
-    async def _react(self, method: Any, target: Mapping[str, str]) -> bool:
-        """A working-indicator reaction; failures only cost the indicator."""
-        try:
-            await method(name=WORKING_REACTION, **target)
-        except SlackApiError as exc:
-            error = exc.response.get("error")
-            if error in ("already_reacted", "no_reaction"):
-                return True
-            log.debug("Slack reaction failed: %s", error)
-            return False
-        except Exception as exc:  # only the indicator is lost; never the reply
-            log.debug("Slack reaction failed: %s", type(exc).__name__)
-            return False
-        return True
-
-    async def _post_note(self, key: ConversationKey, text: str) -> None:
-        client = self._require_client()
-        try:
-            await self._call(
-                "chat.postMessage",
-                client.chat_postMessage(channel=key.chat, thread_ts=key.thread, markdown_text=text),
-            )
-        except AdapterError as exc:
-            log.warning("could not post a note in %s: %s", key, exc.reason)
-
-    async def _post_ephemeral(
-        self, channel: str, user: str, text: str, thread_ts: str | None
-    ) -> None:
-        client = self._require_client()
-        try:
-            await self._call(
-                "chat.postEphemeral",
-                client.chat_postEphemeral(
-                    channel=channel, user=user, text=text, thread_ts=thread_ts
-                ),
-            )
-        except AdapterError as exc:
-            log.warning("could not post an ephemeral note in %s: %s", channel, exc.reason)
-
-    async def _call(self, method: str, call: Coroutine[Any, Any, Any]) -> Any:
-        """Await a Web API call; translate its failure (after slack_sdk's retries)."""
-        try:
-            return await call
-        except SlackApiError as exc:
-            error = exc.response.get("error", "unknown_error")
-            if error in GONE_ERRORS:
-                # Trying again cannot help: the dispatcher ends the reply as failed.
-                raise ReplyUndeliverable(PLATFORM, f"{method} failed: {error}") from None
-            raise AdapterError(PLATFORM, f"{method} failed: {error}") from None
-        except (aiohttp.ClientError, TimeoutError, SlackClientError) as exc:
-            raise AdapterError(PLATFORM, f"{method} failed: {type(exc).__name__}") from exc
-
-    def _require_client(self) -> AsyncWebClient:
-        if self._client is None:
+    def _require_posts(self) -> SlackPoster:
+        if self._posts is None:
             raise AdapterError(PLATFORM, "not started")
-        return self._client
+        return self._posts
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run a side post (a note, a refusal) after the ack, keeping a reference."""

@@ -12,22 +12,41 @@ and `SlackAdapter.send_reply` skips the pieces found.
 
 The read-back goes through a client without rate-limit retries: apps outside the
 Marketplace may get one of these calls a minute, and the reply must not wait for that.
+
+`SlackPoster` does the posting itself: the pieces of a reply (split to
+``markdown_text``'s limit, paced per channel by `ChannelPace`), the notes, the ephemeral
+refusals, with every Web API failure translated by `call_api`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 import aiohttp
+from aiolimiter import AsyncLimiter
 from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from adapters.slack_events import SlackIdentity
-from bridge.model import InboxMessage
+from adapters.slack_events import PLATFORM, SlackIdentity
+from adapters.text import split_markdown
+from bridge.errors import AdapterError, ReplyUndeliverable
+from bridge.model import ConversationKey, InboxMessage, Reply
 
 log = logging.getLogger("adapters.slack")
+
+#: Web API errors after which a post can never succeed (the channel is gone, archived,
+#: or the bot was removed): the reply ends as failed instead of being retried.
+GONE_ERRORS = frozenset(
+    {"channel_not_found", "is_archived", "not_in_channel", "thread_not_found", "restricted_action"}
+)
+#: ``markdown_text`` of chat.postMessage takes standard Markdown, up to 12,000 characters.
+MARKDOWN_LIMIT = 12_000
+#: Seconds of posting a channel may do at once (a burst), at its rate.
+CHANNEL_BURST_SECONDS = 3.0
+#: Channels whose posting rate is remembered (the least recently used go first).
+CHANNEL_LIMITERS = 1000
 
 #: The message metadata ``event_type`` on every piece of a reply the bridge posts.
 REPLY_EVENT = "agent_bridge_reply"
@@ -120,3 +139,123 @@ async def posted_before(
             count,
         )
     return found
+
+
+async def call_api(method: str, call: Coroutine[Any, Any, Any]) -> Any:
+    """Await a Web API call; translate its failure (after slack_sdk's retries)."""
+    try:
+        return await call
+    except SlackApiError as exc:
+        error = exc.response.get("error", "unknown_error")
+        if error in GONE_ERRORS:
+            # Trying again cannot help: the dispatcher ends the reply as failed.
+            raise ReplyUndeliverable(PLATFORM, f"{method} failed: {error}") from None
+        raise AdapterError(PLATFORM, f"{method} failed: {error}") from None
+    except (aiohttp.ClientError, TimeoutError, SlackClientError) as exc:
+        raise AdapterError(PLATFORM, f"{method} failed: {type(exc).__name__}") from exc
+
+
+class ChannelPace:
+    """Posts per second into one channel (``channel_messages_per_second``): keeping to
+    Slack's limit is cheaper than its 429 and the retry after it. 0: no pacing."""
+
+    def __init__(self, rate: float) -> None:
+        self._rate = rate
+        #: One limiter per channel, least recently used first.
+        self._limits: dict[str, AsyncLimiter] = {}
+
+    async def turn(self, channel: str) -> None:
+        """Wait until ``channel`` may take another post."""
+        if self._rate <= 0:
+            return
+        limiter = self._limits.pop(channel, None)
+        if limiter is None:
+            # A burst of a few posts, then the rate: what Slack itself tolerates.
+            limiter = AsyncLimiter(self._rate * CHANNEL_BURST_SECONDS, CHANNEL_BURST_SECONDS)
+        self._limits[channel] = limiter  # most recently used last
+        if len(self._limits) > CHANNEL_LIMITERS:
+            del self._limits[next(iter(self._limits))]
+        await limiter.acquire()
+
+
+class SlackPoster:
+    """The bridge's posts. ``poster`` posts reply pieces (it retries only 429s: a
+    connection error or a 5xx may come after Slack posted the piece, and a blind retry
+    could post it twice, so the attempt fails and the dispatcher's next one reads back
+    what is there); ``reader`` reads them back; ``client`` posts the notes."""
+
+    def __init__(
+        self,
+        identity: SlackIdentity,
+        *,
+        client: AsyncWebClient,
+        poster: AsyncWebClient,
+        reader: AsyncWebClient,
+        rate: float,
+    ) -> None:
+        self._identity = identity
+        self._client = client
+        self._poster = poster
+        self._reader = reader
+        self._pace = ChannelPace(rate)
+        #: message id -> pieces of its reply already posted, so that a retried
+        #: delivery does not post the first pieces twice.
+        self._posted_pieces: dict[int, int] = {}
+
+    async def reply(
+        self,
+        message: InboxMessage,
+        reply: Reply,
+        *,
+        posted: Callable[[InboxMessage], None] | None = None,
+    ) -> None:
+        """Post ``reply`` in ``message``'s thread, skipping the pieces already there;
+        ``posted(message)`` is called after each piece."""
+        pieces = split_markdown(reply.text, MARKDOWN_LIMIT) or ["…"]
+        # What this process posted of it already (a retry after a failed piece)...
+        done = set(range(self._posted_pieces.get(message.id, 0)))
+        if message.delivery_attempts > 0:
+            # ...and what an earlier attempt posted, perhaps in a process that crashed
+            # between posting and marking the message delivered: Slack has it.
+            done |= await posted_before(self._reader, self._identity, message, len(pieces))
+        for index, piece in enumerate(pieces):
+            if index in done:
+                continue
+            await self._pace.turn(message.key.chat)
+            await call_api(
+                "chat.postMessage",
+                self._poster.chat_postMessage(
+                    channel=message.key.chat,
+                    thread_ts=message.key.thread,
+                    markdown_text=piece,
+                    metadata=reply_metadata(message.id, index, len(pieces)),
+                ),
+            )
+            self._posted_pieces[message.id] = index + 1
+            if posted is not None:
+                posted(message)
+        self._posted_pieces.pop(message.id, None)
+
+    async def note(self, key: ConversationKey, text: str) -> None:
+        """A note in ``key``'s thread (a reset, a hint); a failure is only logged."""
+        try:
+            await call_api(
+                "chat.postMessage",
+                self._client.chat_postMessage(
+                    channel=key.chat, thread_ts=key.thread, markdown_text=text
+                ),
+            )
+        except AdapterError as exc:
+            log.warning("could not post a note in %s: %s", key, exc.reason)
+
+    async def ephemeral(self, channel: str, user: str, text: str, thread_ts: str | None) -> None:
+        """A note only ``user`` sees; a failure is only logged."""
+        try:
+            await call_api(
+                "chat.postEphemeral",
+                self._client.chat_postEphemeral(
+                    channel=channel, user=user, text=text, thread_ts=thread_ts
+                ),
+            )
+        except AdapterError as exc:
+            log.warning("could not post an ephemeral note in %s: %s", channel, exc.reason)

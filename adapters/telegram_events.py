@@ -13,6 +13,11 @@ The rules, as Telegram delivers messages:
 - ``/cmd@other_bot`` belongs to another bot; an unknown ``/word`` is plain text.
 - Edits, channel posts and messages of bots never reach the agent.
 - Entity offsets count UTF-16 code units, not Python characters.
+- A message that replies to someone else's message (a mention or /ask under a
+  colleague's question) carries that message, ``sender: text`` (only the part the
+  user quoted, if they quoted), as ``meta["context"]``: the agent receives it before
+  the question (`bridge.model.agent_input`). A reply to the bot carries none: the
+  agent's session has the bot's answer.
 """
 
 from __future__ import annotations
@@ -211,6 +216,16 @@ class TelegramEvents:
         if not text:
             return Answer(message, ASK_USAGE if command == "ask" else EMPTY_MENTION)
         thread = message.message_thread_id if message.is_topic_message else None
+        meta: dict[str, object] = {
+            "chat_id": chat.id,
+            "thread_id": thread,
+            "chat_type": clean_text(str(chat.type)),
+            "user_id": user.id,
+            "username": None if user.username is None else clean_text(user.username),
+        }
+        context = self.reply_context(message)
+        if context is not None:
+            meta["context"] = context
         return Submit(
             IncomingMessage(
                 key=key,
@@ -221,13 +236,7 @@ class TelegramEvents:
                 text=clean_text(text),
                 agent=agent,
                 reply_to=str(message.message_id),
-                meta={
-                    "chat_id": chat.id,
-                    "thread_id": thread,
-                    "chat_type": clean_text(str(chat.type)),
-                    "user_id": user.id,
-                    "username": None if user.username is None else clean_text(user.username),
-                },
+                meta=meta,
             )
         )
 
@@ -292,6 +301,29 @@ class TelegramEvents:
         if original.forum_topic_created is not None:
             return False
         return not (message.is_topic_message and original.message_id == message.message_thread_id)
+
+    def reply_context(self, message: Message) -> str | None:
+        """``sender: text`` of the message ``message`` replies to, unless that is the
+        bot's own (or a forum topic's creation message, which every topic message
+        "replies" to); the quoted part only when the user quoted one."""
+        original = message.reply_to_message
+        if original is None or original.forum_topic_created is not None:
+            return None
+        if original.from_user is not None and original.from_user.id == self.bot_id:
+            return None
+        if message.is_topic_message and original.message_id == message.message_thread_id:
+            return None
+        quote = message.quote.text if message.quote is not None else None
+        text = quote or original.text or original.caption
+        if not text or not text.strip():
+            return None
+        if original.sender_chat is not None:
+            sender = original.sender_chat.title or original.sender_chat.username or "a channel"
+        elif original.from_user is not None:
+            sender = original.from_user.full_name
+        else:
+            sender = "someone"
+        return clean_text(f"{sender}: {text.strip()}")
 
     def allowed(self, message: Message) -> bool:
         user = message.from_user

@@ -414,8 +414,10 @@ class Queue(Conversations):
         return QueueStats(int(count), oldest, int(parked_count))
 
     async def purge_text(self, older_than_days: float) -> int:
-        """Erase the text and reply of messages finished more than
-        ``older_than_days`` ago; return how many were erased."""
+        """Erase the text, reply and metadata of messages finished more than
+        ``older_than_days`` ago; return how many were erased. The metadata goes
+        too: it may hold other people's words (``meta["context"]``, the thread an
+        adapter quoted to the agent) and names."""
         cutoff = _now() - timedelta(days=older_than_days)
         statement = (
             update(messages)
@@ -424,7 +426,7 @@ class Queue(Conversations):
                 messages.c.updated_at < cutoff,
                 or_(messages.c.text != "", messages.c.reply_text.is_not(None)),
             )
-            .values(text="", reply_text=None)
+            .values(text="", reply_text=None, meta={})
         )
         async with self._write("erase old message text") as conn:
             return int((await conn.execute(statement)).rowcount)

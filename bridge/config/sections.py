@@ -165,6 +165,14 @@ class TelegramConfig(Section):
         return parse_listen(value)
 
 
+class SuggestedPrompt(Section):
+    """One prompt offered in a new assistant thread of Slack's AI-app view:
+    ``title`` is the button's label, ``message`` what clicking it sends."""
+
+    title: str = Field(min_length=1)
+    message: str = Field(min_length=1)
+
+
 class SlackConfig(Section):
     bot_token: SecretStr
     app_token: SecretStr | None = None
@@ -183,6 +191,18 @@ class SlackConfig(Section):
     #: Replies posted per second into one channel (Slack allows about 1, with
     #: short bursts, and answers 429 beyond). 0: no limit of our own.
     channel_messages_per_second: float = Field(1, ge=0)
+    #: AI-app view: the prompts a new assistant thread offers (Slack shows at most 4).
+    suggested_prompts: list[SuggestedPrompt] = Field(default_factory=list, max_length=4)
+    #: AI-app view: the status shown under the thread while the agent works (after
+    #: the app's name: "Agent is thinking…"), and the loading messages Slack rotates.
+    status_text: str = Field("is thinking…", min_length=1)
+    loading_messages: list[str] = Field(
+        default_factory=lambda: ["Thinking…", "Asking the agent…", "Putting the answer together…"],
+        max_length=10,
+    )
+    #: Characters of a thread's earlier messages given to the agent when the bot
+    #: is first mentioned in it (the newest are kept). 0: none.
+    context_chars: int = Field(8000, ge=0)
 
     @field_validator("listen")
     @classmethod

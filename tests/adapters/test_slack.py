@@ -157,6 +157,8 @@ async def test_a_slow_answer_shows_the_working_reaction_until_it_is_posted(
     assert added.args == removed.args
     assert added.args["timestamp"] == mention["ts"] and added.args["channel"] == "C1"
     assert bridge.replies() == ["echo: think hard"]
+    # A channel thread is no assistant thread: no status there.
+    assert slack.calls_to("assistant.threads.setStatus") == []
 
 
 async def test_thread_followups_without_mention_keep_one_session(
@@ -194,7 +196,9 @@ async def test_thread_followups_off_needs_a_mention(
 async def test_mention_inside_an_existing_thread_joins_that_thread(
     tmp_path: Path, slack: FakeSlack, agents: FakeAgentServer
 ) -> None:
-    async with running(make_config(tmp_path, slack, agents), slack) as bridge:
+    # Without the thread's earlier messages (test_slack_context.py has them).
+    config = make_config(tmp_path, slack, agents, context_chars=0)
+    async with running(config, slack) as bridge:
         human_root = slack.message("people started this")
         await bridge.deliver(human_root)
         mention = slack.mention("help us", thread_ts=human_root["ts"])

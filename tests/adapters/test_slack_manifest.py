@@ -20,6 +20,8 @@ def test_manifest_subscribes_to_the_events_and_scopes_the_adapter_needs() -> Non
     text = MANIFEST.read_text(encoding="utf-8")
     assert set(_list_under(text, "bot_events")) == {
         "app_mention",
+        "assistant_thread_started",
+        "assistant_thread_context_changed",
         "message.channels",
         "message.groups",
         "message.im",
@@ -33,12 +35,23 @@ def test_manifest_subscribes_to_the_events_and_scopes_the_adapter_needs() -> Non
         "chat:write",
         "reactions:write",
         "commands",
+        "assistant:write",
     } <= scopes
     # Nothing the bridge never uses: an admin approving the app sees only what it needs.
     assert not scopes & {"im:read", "im:write"}
     assert re.search(r"^\s*- command: /agent$", text, re.M)
     assert re.search(r"^\s*socket_mode_enabled: true$", text, re.M)
     assert re.search(r"^\s*messages_tab_read_only_enabled: false$", text, re.M)
+
+
+def test_manifest_has_the_ai_app_view_with_a_description_and_prompts() -> None:
+    text = MANIFEST.read_text(encoding="utf-8")
+    view = re.search(r"^features:\n(?:  .*\n)*?  assistant_view:\n((?:    .*\n)+)", text, re.M)
+    assert view, "features.assistant_view not found in the manifest"
+    body = view.group(1)
+    assert re.search(r"^    assistant_description: \S", body, re.M)
+    prompts = re.findall(r"^      - title: (.+)\n        message: (.+)$", body, re.M)
+    assert 1 <= len(prompts) <= 4 and all(t.strip() and m.strip() for t, m in prompts)
 
 
 #: The bot scopes each Web API method needs, from its method page on docs.slack.dev
@@ -54,6 +67,10 @@ METHOD_SCOPES = {
     "conversations_history": {"channels:history", "groups:history", "im:history"},
     "reactions_add": {"reactions:write"},
     "reactions_remove": {"reactions:write"},
+    # setStatus takes chat:write (assistant:write "for the time being" too).
+    "assistant_threads_setStatus": {"chat:write"},
+    "assistant_threads_setSuggestedPrompts": {"assistant:write"},
+    "assistant_threads_setTitle": {"assistant:write"},
 }
 
 
@@ -61,11 +78,20 @@ def test_every_web_api_method_the_adapter_calls_has_its_scopes() -> None:
     adapters = MANIFEST.parent / "adapters"
     source = "\n".join(p.read_text(encoding="utf-8") for p in adapters.glob("slack*.py"))
     called = set(
-        re.findall(r"\.((?:apps|auth|chat|conversations|reactions|users|files)_\w+)\(", source)
+        re.findall(
+            r"\.((?:apps|assistant|auth|chat|conversations|reactions|users|files)_\w+)\(", source
+        )
     )
     # reactions.add/remove are passed as bound methods to the indicator helper.
     called |= set(re.findall(r"client\.(reactions_\w+)\b", source))
-    assert called >= {"chat_postMessage", "conversations_replies", "conversations_history"}
+    assert called >= {
+        "chat_postMessage",
+        "conversations_replies",
+        "conversations_history",
+        "assistant_threads_setStatus",
+        "assistant_threads_setSuggestedPrompts",
+        "assistant_threads_setTitle",
+    }
     unknown = called - METHOD_SCOPES.keys()
     assert not unknown, f"add the scopes of {unknown} to METHOD_SCOPES and the manifest"
     scopes = set(_list_under(MANIFEST.read_text(encoding="utf-8"), "bot"))

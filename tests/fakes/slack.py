@@ -21,7 +21,10 @@ body or a JSON body, as Slack does. The token comes from ``Authorization: Bearer
 ``token`` argument). Methods answer like Slack: ``auth.test``, ``chat.postMessage``,
 ``chat.update``, ``chat.postEphemeral``, ``reactions.add``/``reactions.remove``,
 ``conversations.replies``, ``conversations.history`` (GET, as slack_sdk sends them),
-``assistant.threads.setStatus``, ``apps.connections.open`` (needs the app-level token;
+``assistant.threads.setStatus`` / ``setSuggestedPrompts`` / ``setTitle`` (the AI-app
+view: argument checks as Slack's, and the last status / prompts / title of each thread
+kept in ``statuses``, ``prompts`` and ``titles``, keyed ``(channel, thread_ts)``),
+``apps.connections.open`` (needs the app-level token;
 the others need the bot token: a wrong token gets ``invalid_auth``, the other kind of
 token ``not_allowed_token_type``). Unknown methods get ``unknown_method``.
 
@@ -50,6 +53,11 @@ recorded: ``await slack.wait_ack(envelope_id)`` returns the ack, ``slack.acked(i
 tells whether one arrived. ``send_disconnect()`` asks the app to reconnect,
 ``drop_connections()`` closes the sockets, ``refuse_connections`` makes new WebSocket
 connections fail (to observe a lost connection).
+
+AI-app view: ``assistant_thread_started(user=..., channel=...)`` builds the event Slack
+sends when a user opens a new assistant thread (and puts the thread's root, which Slack
+posts as the app, in the channel's history); ``assistant_message(text, thread)`` a
+user's message in it (a DM ``message`` with ``thread_ts`` and ``parent_user_id``).
 
 HTTP mode helper: `signed_headers` signs an Events API request body like Slack does.
 """
@@ -146,6 +154,10 @@ class FakeSlack:
         #: The most messages one conversations.replies/history page holds (Slack may
         #: return fewer than ``limit``).
         self.page_size = 1000
+        #: (channel, thread_ts) -> the AI-app view state Slack shows for the thread.
+        self.statuses: dict[tuple[str, str], str] = {}
+        self.prompts: dict[tuple[str, str], list[dict[str, str]]] = {}
+        self.titles: dict[tuple[str, str], str] = {}
         self._failures: dict[str, list[Failure]] = {}
         self._lost: dict[str, int] = {}
         self._sockets: list[web.WebSocketResponse] = []
@@ -313,6 +325,9 @@ class FakeSlack:
         message = {"type": "message", "user": self.bot_user_id, "bot_id": self.bot_id, "ts": ts}
         if args.get("thread_ts"):
             message["thread_ts"] = args["thread_ts"]
+            # Slack clears an assistant thread's status when the app posts in it.
+            if (channel, args["thread_ts"]) in self.statuses:
+                self.statuses[(channel, args["thread_ts"])] = ""
         message["text"] = markdown or args.get("text") or ""
         if metadata is not None:
             message["metadata"] = metadata
@@ -378,7 +393,48 @@ class FakeSlack:
             return {"ok": False, "error": "invalid_arguments"}
         return {"ok": True}
 
+    def _assistant_thread(self, args: dict[str, Any]) -> tuple[str, str] | None:
+        channel, thread = args.get("channel_id"), args.get("thread_ts")
+        if not isinstance(channel, str) or not isinstance(thread, str) or not channel:
+            return None
+        return channel, thread
+
     def _set_status(self, args: dict[str, Any]) -> dict[str, Any]:
+        thread = self._assistant_thread(args)
+        status = args.get("status")
+        if thread is None or not isinstance(status, str):
+            return {"ok": False, "error": "invalid_arguments"}
+        loading = args.get("loading_messages")
+        if loading is not None and not (
+            isinstance(loading, list)
+            and len(loading) <= 10
+            and all(isinstance(m, str) for m in loading)
+        ):
+            return {"ok": False, "error": "invalid_arguments"}
+        self.statuses[thread] = status
+        return {"ok": True}
+
+    def _set_suggested_prompts(self, args: dict[str, Any]) -> dict[str, Any]:
+        thread = self._assistant_thread(args)
+        prompts = args.get("prompts")
+        if thread is None or not isinstance(prompts, list) or not 1 <= len(prompts) <= 4:
+            return {"ok": False, "error": "invalid_arguments"}
+        for prompt in prompts:
+            if not (
+                isinstance(prompt, dict)
+                and isinstance(prompt.get("title"), str)
+                and isinstance(prompt.get("message"), str)
+            ):
+                return {"ok": False, "error": "invalid_arguments"}
+        self.prompts[thread] = prompts
+        return {"ok": True}
+
+    def _set_title(self, args: dict[str, Any]) -> dict[str, Any]:
+        thread = self._assistant_thread(args)
+        title = args.get("title")
+        if thread is None or not isinstance(title, str) or not title:
+            return {"ok": False, "error": "invalid_arguments"}
+        self.titles[thread] = title
         return {"ok": True}
 
     def _connections_open(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -612,6 +668,66 @@ class FakeSlack:
         event["event_ts"] = event["ts"]
         return event
 
+    def assistant_thread_started(
+        self, *, user: str = "U1", channel: str = "D1", context_channel: str | None = "C1"
+    ) -> dict[str, Any]:
+        """The ``assistant_thread_started`` event of a new assistant thread in the DM
+        ``channel``; its root (Slack posts it as the app) joins the history."""
+        ts = self._next_ts()
+        self.messages.setdefault(channel, []).append(
+            {
+                "type": "message",
+                "subtype": "assistant_app_thread",
+                "user": self.bot_user_id,
+                "bot_id": self.bot_id,
+                "ts": ts,
+                "thread_ts": ts,
+                "text": "",
+            }
+        )
+        context: dict[str, Any] = {}
+        if context_channel is not None:
+            context = {"channel_id": context_channel, "team_id": self.team_id}
+        return {
+            "type": "assistant_thread_started",
+            "assistant_thread": {
+                "user_id": user,
+                "context": context,
+                "channel_id": channel,
+                "thread_ts": ts,
+            },
+            "event_ts": self.next_user_ts(),
+        }
+
+    def assistant_context_changed(
+        self, thread: dict[str, Any], *, context_channel: str = "C2"
+    ) -> dict[str, Any]:
+        """``assistant_thread_context_changed`` for the thread of ``thread`` (an
+        ``assistant_thread_started`` event): the user looks at another channel."""
+        started = thread["assistant_thread"]
+        return {
+            "type": "assistant_thread_context_changed",
+            "assistant_thread": {
+                **started,
+                "context": {"channel_id": context_channel, "team_id": self.team_id},
+            },
+            "event_ts": self.next_user_ts(),
+        }
+
+    def assistant_message(self, text: str, thread: dict[str, Any], **extra: Any) -> dict[str, Any]:
+        """A user's message in the assistant thread of ``thread`` (an
+        ``assistant_thread_started`` event)."""
+        started = thread["assistant_thread"]
+        return self.message(
+            text,
+            channel=started["channel_id"],
+            user=started["user_id"],
+            thread_ts=started["thread_ts"],
+            channel_type="im",
+            parent_user_id=self.bot_user_id,
+            **extra,
+        )
+
     def _remember(self, event: Any) -> None:
         if not isinstance(event, dict) or event.get("type") not in ("message", "app_mention"):
             return
@@ -672,5 +788,7 @@ _METHODS = {
     "conversations.replies": FakeSlack._replies,
     "conversations.history": FakeSlack._history,
     "assistant.threads.setStatus": FakeSlack._set_status,
+    "assistant.threads.setSuggestedPrompts": FakeSlack._set_suggested_prompts,
+    "assistant.threads.setTitle": FakeSlack._set_title,
     "apps.connections.open": FakeSlack._connections_open,
 }

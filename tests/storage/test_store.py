@@ -263,7 +263,7 @@ async def test_unfinished_round_trips_everything_in_order(store: Store) -> None:
 async def test_purge_text_erases_old_finished_messages(store: Store, db: Database) -> None:
     ids = {}
     for event in ("old-done", "old-failed", "new-done", "old-pending"):
-        msg = await store.accept(incoming(event))
+        msg = await store.accept(incoming(event, meta={"context": f"earlier, {event}"}))
         assert msg is not None
         ids[event] = msg.id
     await hold(store, "me")
@@ -288,6 +288,9 @@ async def test_purge_text_erases_old_finished_messages(store: Store, db: Databas
         ("new-done", "text of new-done", "reply to new-done"),
         ("old-pending", "text of old-pending", None),
     ]
+    metas = {e: m for e, m in await db.execute("SELECT event_id, meta FROM messages")}
+    # The quoted context (other people's words) goes with the text.
+    assert [e for e, m in metas.items() if "earlier" in str(m)] == ["new-done", "old-pending"]
     assert await store.purge_text(7) == 0  # nothing left to erase
     assert await store.purge_text(0) == 1  # now the recent one too
 
