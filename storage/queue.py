@@ -41,8 +41,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, case, exists, func, or_, select, text, update
+from sqlalchemy import Row, case, exists, func, literal_column, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.elements import ColumnElement
 
 from bridge.errors import StorageError
 from bridge.model import (
@@ -183,27 +184,36 @@ class Queue(Conversations):
         alive = select(instances.c.id).where(
             instances.c.heartbeat_at >= self._ago(lease_timeout), instances.c.id != owner
         )
+        # Walk the unfinished messages in inbox order (a partial index holds just
+        # them), taking each conversation at its oldest unfinished message, and stop
+        # at ``limit``: "oldest waiting first" without ranking every conversation
+        # with work, which made each round cost as much as the whole backlog. Rows
+        # are locked as they are read, so only the conversations taken are locked.
+        first = messages.alias("earlier")
         oldest = (
-            select(func.min(m.id))
-            .where(m.conversation_id == c.id, m.status.in_(_UNFINISHED))
+            select(func.min(first.c.id))
+            .where(first.c.conversation_id == m.conversation_id, _unfinished(first))
             .scalar_subquery()
         )
         candidates = (
             select(c.id, c.lease_owner)
+            .select_from(messages)
+            .join(conversations, c.id == m.conversation_id)
             .where(
+                _unfinished(messages),
+                m.id == oldest,
                 c.platform.in_(list(platforms)),
-                c.id.in_(select(m.conversation_id).where(m.status.in_(_UNFINISHED))),
                 or_(c.not_before.is_(None), c.not_before <= self._now()),
                 or_(c.lease_owner.is_(None), c.lease_owner == owner, c.lease_owner.not_in(alive)),
             )
-            .order_by(oldest)
+            .order_by(m.id)
             .limit(limit)
             # Instances claiming together skip each other's candidates instead
             # of queueing behind them (ignored on SQLite: its write lock serializes).
             .with_for_update(of=conversations, skip_locked=True)
         )
         if exclude:
-            candidates = candidates.where(c.id.not_in(list(exclude)))
+            candidates = candidates.where(m.conversation_id.not_in(list(exclude)))
         async with self._write("claim work") as conn:
             rows = (await conn.execute(candidates)).all()
             if not rows:
@@ -538,6 +548,14 @@ class Queue(Conversations):
 
 
 # -- helpers -------------------------------------------------------------
+
+
+def _unfinished(table: Any) -> ColumnElement[bool]:
+    """``status IN ('pending', 'running', 'answered')`` with the values written into
+    the SQL, not bound: only then can the databases prove that the partial indexes
+    of unfinished messages apply (PostgreSQL's generic plans and SQLite's planner
+    cannot see through parameters)."""
+    return table.c.status.in_([literal_column(f"'{s}'") for s in _UNFINISHED])  # type: ignore[no-any-return]
 
 
 def _finished_values(undeliverable: str | None) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.types import TypeDecorator
 
@@ -50,6 +51,8 @@ Id = BigInteger().with_variant(Integer(), "sqlite")
 
 #: ``conversations.thread`` for a chat without threads.
 NO_THREAD = ""
+#: The statuses of a message not yet finished, as SQL (the partial index's condition).
+UNFINISHED_SQL = "status IN ('pending', 'running', 'answered')"
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -137,6 +140,22 @@ messages = Table(
     Index(None, "status", "id"),
     Index(None, "status", "updated_at"),
     Index(None, "conversation_id"),
+    # claim(): the unfinished messages in inbox order, without walking the
+    # finished ones (the bulk of the table in a long-lived database).
+    Index(
+        "ix_messages_unfinished",
+        "id",
+        postgresql_where=text(UNFINISHED_SQL),
+        sqlite_where=text(UNFINISHED_SQL),
+    ),
+    # ...and each conversation's oldest unfinished message, in one probe.
+    Index(
+        "ix_messages_unfinished_conversation",
+        "conversation_id",
+        "id",
+        postgresql_where=text(UNFINISHED_SQL),
+        sqlite_where=text(UNFINISHED_SQL),
+    ),
 )
 
 #: One row per running bridge process; its heartbeat keeps its leases valid.
