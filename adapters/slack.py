@@ -65,12 +65,15 @@ from adapters.slack_events import (
     slack_to_text,
 )
 from adapters.slack_http import SlackHttpEndpoint
+from adapters.slack_live import SlackStream
 from adapters.slack_replies import MARKDOWN_LIMIT, SlackPoster
 from adapters.slack_socket import SlackSocket
 from adapters.slack_web import auth_test, posting_client, read_back_client, web_client
+from bridge.chat import LIVE_REF
 from bridge.config import SlackConfig
 from bridge.errors import AdapterError, StorageError
 from bridge.model import InboxMessage, Reply
+from bridge.stream import LiveAnswer
 from bridge.web import ListenError, serve
 
 if TYPE_CHECKING:
@@ -121,6 +124,8 @@ class SlackAdapter(ChatAdapter):
         #: For reply pieces: only 429s are retried in place (Slack posted nothing).
         self._poster: AsyncWebClient | None = None
         self._posts: SlackPoster | None = None
+        #: message id -> its answer being streamed (`live`), until closed.
+        self._streams: dict[int, SlackStream] = {}
         self._assistant: AssistantThreads | None = None
         self._app: AsyncApp | None = None
         self._socket: SlackSocket | None = None
@@ -430,10 +435,36 @@ class SlackAdapter(ChatAdapter):
 
     # --- outgoing --------------------------------------------------------------------
 
+    def live(self, message: InboxMessage) -> LiveAnswer | None:
+        """A streamed message in the thread (`adapters.slack_live`); None for a
+        top-level DM reply (a stream is always a thread reply), and for a message
+        whose earlier attempt streamed already: its reply replaces that message."""
+        if self._poster is None or message.key.thread is None or LIVE_REF in message.meta:
+            return None
+        assistant = self._assistant
+        stream = SlackStream(
+            self._poster,
+            message,
+            started=self.dispatcher.note_live,
+            posted=assistant.posted if assistant else None,
+            closed=self._forget_stream,
+        )
+        self._streams[message.id] = stream
+        return stream
+
+    def _forget_stream(self, stream: SlackStream) -> None:
+        if self._streams.get(stream.message.id) is stream:
+            del self._streams[stream.message.id]
+
     async def send_reply(self, message: InboxMessage, reply: Reply) -> None:
         posts = self._require_posts()
         assistant = self._assistant
-        await posts.reply(message, reply, posted=assistant.posted if assistant else None)
+        await posts.reply(
+            message,
+            reply,
+            posted=assistant.posted if assistant else None,
+            stream=self._streams.get(message.id),
+        )
 
     @contextlib.asynccontextmanager
     async def working(self, message: InboxMessage) -> AsyncIterator[None]:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Coroutine, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiolimiter import AsyncLimiter
@@ -31,8 +31,12 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.slack_events import PLATFORM, SlackIdentity
 from adapters.text import split_markdown
+from bridge.chat import LIVE_REF
 from bridge.errors import AdapterError, ReplyUndeliverable
 from bridge.model import ConversationKey, InboxMessage, Reply
+
+if TYPE_CHECKING:
+    from adapters.slack_live import SlackStream
 
 log = logging.getLogger("adapters.slack")
 
@@ -155,6 +159,47 @@ async def call_api(method: str, call: Coroutine[Any, Any, Any]) -> Any:
         raise AdapterError(PLATFORM, f"{method} failed: {type(exc).__name__}") from exc
 
 
+#: What a Web API call through slack_sdk may raise.
+STREAM_ERRORS = (SlackApiError, SlackClientError, aiohttp.ClientError, TimeoutError)
+
+
+async def replace_dangling(
+    client: AsyncWebClient, message: InboxMessage, ts: str, piece: str, metadata: dict[str, Any]
+) -> bool:
+    """Make the message streamed by an earlier attempt (perhaps in a process that
+    crashed, its stream left open) the reply's first ``piece``: stop its stream if
+    still open, then update it. False when it cannot be updated (deleted...): the
+    piece is posted anew."""
+    await stop_stream(client, message.key.chat, ts)
+    try:
+        await client.chat_update(
+            channel=message.key.chat, ts=ts, markdown_text=piece, metadata=metadata
+        )
+    except SlackApiError as exc:
+        log.warning(
+            "message %d: could not replace its earlier streamed message %s (%s); "
+            "posting the reply anew",
+            message.id,
+            ts,
+            exc.response.get("error"),
+        )
+        return False
+    except (SlackClientError, aiohttp.ClientError, TimeoutError) as exc:
+        # Perhaps updated, perhaps not: the whole delivery is tried again later.
+        raise AdapterError(PLATFORM, f"chat.update failed: {type(exc).__name__}") from exc
+    log.info("message %d: finished the answer streamed by an earlier attempt", message.id)
+    return True
+
+
+async def stop_stream(client: AsyncWebClient, channel: str, ts: str) -> None:
+    """Stop a stream that may be stopped already (or expired): errors only logged."""
+    try:
+        await client.chat_stopStream(channel=channel, ts=ts)
+    except STREAM_ERRORS as exc:
+        error = exc.response.get("error") if isinstance(exc, SlackApiError) else None
+        log.debug("chat.stopStream of %s failed: %s", ts, error or type(exc).__name__)
+
+
 class ChannelPace:
     """Posts per second into one channel (``channel_messages_per_second``): keeping to
     Slack's limit is cheaper than its 429 and the retry after it. 0: no pacing."""
@@ -208,9 +253,12 @@ class SlackPoster:
         reply: Reply,
         *,
         posted: Callable[[InboxMessage], None] | None = None,
+        stream: SlackStream | None = None,
     ) -> None:
         """Post ``reply`` in ``message``'s thread, skipping the pieces already there;
-        ``posted(message)`` is called after each piece."""
+        ``posted(message)`` is called after each piece. The first piece finishes
+        ``stream`` (the answer streamed live), or the message an earlier attempt
+        streamed (``meta[LIVE_REF]``), instead of being posted anew."""
         pieces = split_markdown(reply.text, MARKDOWN_LIMIT) or ["…"]
         # What this process posted of it already (a retry after a failed piece)...
         done = set(range(self._posted_pieces.get(message.id, 0)))
@@ -218,6 +266,17 @@ class SlackPoster:
             # ...and what an earlier attempt posted, perhaps in a process that crashed
             # between posting and marking the message delivered: Slack has it.
             done |= await posted_before(self._reader, self._identity, message, len(pieces))
+        if 0 not in done:
+            first = reply_metadata(message.id, 0, len(pieces))
+            dangling = message.meta.get(LIVE_REF)
+            finished = stream is not None and await stream.finish(pieces[0], first)
+            if not finished and isinstance(dangling, str):
+                finished = await replace_dangling(self._poster, message, dangling, pieces[0], first)
+            if finished:
+                done.add(0)
+                self._posted_pieces[message.id] = 1
+                if posted is not None:
+                    posted(message)
         for index, piece in enumerate(pieces):
             if index in done:
                 continue

@@ -54,6 +54,7 @@ from adapters.telegram_events import (
     TelegramEvents,
     status_text,
 )
+from adapters.telegram_live import TelegramDraft, is_private
 from adapters.telegram_polling import (
     POLL_TIMEOUT,
     START_POLL_TIMEOUT,
@@ -68,6 +69,7 @@ from bridge.config import TelegramConfig
 from bridge.errors import AdapterError, CredentialsRejected, ReplyUndeliverable, StorageError
 from bridge.logs import ThrottledLog
 from bridge.model import InboxMessage, Reply
+from bridge.stream import LiveAnswer
 from bridge.web import ListenError, serve
 
 if TYPE_CHECKING:
@@ -95,7 +97,9 @@ _GONE_ERRORS = ("chat not found", "message thread not found", "topic_closed", "t
 
 class _Limiter(AIORateLimiter):
     """`AIORateLimiter`, except that chat actions skip it: a typing action every 4 s
-    would otherwise eat a group's budget of 20 messages a minute."""
+    would otherwise eat a group's budget of 20 messages a minute. Drafts skip it too:
+    they come at most every ``LIVE_INTERVAL`` per answer (the dispatcher's pace), and
+    one that would wait for a flood limit is better lost than late."""
 
     async def process_request(
         self,
@@ -106,7 +110,7 @@ class _Limiter(AIORateLimiter):
         data: dict[str, Any],
         rate_limit_args: int | None,
     ) -> Any:
-        if endpoint == "sendChatAction":
+        if endpoint in ("sendChatAction", "sendMessageDraft"):
             return await callback(*args, **kwargs)
         return await super().process_request(
             callback, args, kwargs, endpoint, data, rate_limit_args
@@ -142,6 +146,8 @@ class TelegramAdapter(ChatAdapter):
         #: message id -> chunks already posted, so that a retried reply does not
         #: repeat the pieces that went out before a failure.
         self._progress: dict[int, int] = {}
+        #: message id -> the draft showing its answer (private chats, streaming agents).
+        self._drafts: dict[int, TelegramDraft] = {}
         #: Seconds a getUpdates call long-polls; tests may lower it.
         self.poll_timeout: float = POLL_TIMEOUT
         #: The first poll's, in start(): it must outlast a competing poller's retry.
@@ -472,11 +478,24 @@ class TelegramAdapter(ChatAdapter):
             return ReplyUndeliverable(PLATFORM, reason)
         return AdapterError(PLATFORM, f"sendMessage failed: {reason}")
 
+    def live(self, message: InboxMessage) -> LiveAnswer | None:
+        """A draft in a private chat (`adapters.telegram_live`); groups: None."""
+        if not is_private(message) or self._app is None:
+            return None
+        draft = TelegramDraft(self._bot, message, closed=self._forget_draft)
+        self._drafts[message.id] = draft
+        return draft
+
+    def _forget_draft(self, draft: TelegramDraft) -> None:
+        if self._drafts.get(draft.message.id) is draft:
+            del self._drafts[draft.message.id]
+
     @contextlib.asynccontextmanager
     async def working(self, message: InboxMessage) -> AsyncIterator[None]:
         chat_id = int(message.meta["chat_id"])
         thread = message.meta.get("thread_id")
-        task = asyncio.create_task(self._typing(chat_id, thread), name="telegram-typing")
+        draft = self._drafts.get(message.id)
+        task = asyncio.create_task(self._typing(chat_id, thread, draft), name="telegram-typing")
         try:
             yield
         finally:
@@ -484,8 +503,8 @@ class TelegramAdapter(ChatAdapter):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    async def _typing(self, chat_id: int, thread: int | None) -> None:
-        while True:
+    async def _typing(self, chat_id: int, thread: int | None, draft: TelegramDraft | None) -> None:
+        while draft is None or not draft.shown:  # a draft with text replaces the typing
             try:
                 await self._bot.send_chat_action(
                     chat_id=chat_id, action=ChatAction.TYPING, message_thread_id=thread

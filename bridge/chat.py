@@ -38,6 +38,11 @@ from bridge.model import InboxMessage, Reply
 
 if TYPE_CHECKING:
     from bridge.dispatcher import Dispatcher
+    from bridge.stream import LiveAnswer
+
+#: The key of ``InboxMessage.meta`` where the dispatcher keeps the platform's id of
+#: an answer shown live (`Dispatcher.note_live`): a delivery after a crash finds it.
+LIVE_REF = "live_ref"
 
 
 class AdapterState(enum.StrEnum):
@@ -79,6 +84,14 @@ class ChatAdapter(ABC):
         """Shows the user that the agent works on ``message`` (typing action,
         a reaction...) for as long as the context is open. Default: nothing."""
         yield
+
+    def live(self, message: InboxMessage) -> LiveAnswer | None:
+        """A view that shows the answer to ``message`` while a streaming agent writes
+        it (`bridge.stream`), or None where the platform cannot show one there: the
+        `working` indicator and the final reply are then all the user sees. The
+        dispatcher still posts the final reply with `send_reply`, which may finish
+        the live view in place rather than post anew. Default: None."""
+        return None
 
     async def check(self) -> str:
         """Check the credentials live (e.g. ``auth.test``); return a one-line

@@ -8,19 +8,31 @@ answer and the agent's turn are stored in one transaction before the reply is
 posted, a store error after the agent answered is retried with the answer
 kept, and a refused reply is parked with backoff (`Queue.park`) for any
 instance to post later.
+
+A streaming agent (`AgentBackend.streams`) is read event by event: where the
+adapter offers a live view (`ChatAdapter.live`), the text so far is shown at
+most every ``LIVE_INTERVAL`` seconds by a small pump task (the stream is never
+held up by the platform), and the last text is shown before the answer is
+stored. The stored reply is then posted with ``send_reply`` exactly as an
+answer that was not streamed (the adapter may finish the live view in place),
+and the view is closed. An `AgentError` after some text keeps that text and
+adds the error's friendly text.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import enum
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, TypeVar
 
+from bridge import stream
+from bridge.chat import LIVE_REF
 from bridge.config import DispatcherConfig, MessagesConfig
 from bridge.errors import (
     AdapterError,
@@ -45,6 +57,7 @@ from bridge.model import (
 if TYPE_CHECKING:
     from bridge.backends.base import AgentBackend
     from bridge.chat import ChatAdapter
+    from bridge.stream import AgentEvent, LiveAnswer
     from storage.store import Store
 
 log = logging.getLogger("bridge.dispatcher")
@@ -93,6 +106,18 @@ class Turns:
     def note_refused(self, platform: str) -> None:
         self.metrics.refused.labels(platform).inc()
 
+    async def note_live(self, message: InboxMessage, ref: str) -> None:
+        """An adapter began showing ``message``'s answer live as ``ref``, the
+        platform's id of it (Slack: the streamed message's ts). Stored in the
+        message's ``meta[LIVE_REF]``, so that the delivery after a crash finishes
+        or replaces that message instead of posting a copy beside it. Best effort:
+        if the store fails, only this process knows."""
+        try:
+            await self._store.note_live(message, self.instance.id, ref)
+        except StorageError as exc:
+            self._store_failed(exc)
+            log.warning("message %d: could not note its %s: %s", message.id, LIVE_REF, exc)
+
     def _wake_later(self, delay: float) -> None:
         """Look for claimable work again in ``delay`` seconds (a parked reply's turn)."""
         loop = asyncio.get_running_loop()
@@ -118,20 +143,25 @@ class Turns:
         if not self.instance.fresh:
             # Our heartbeat is late: another instance may be taking over. Start nothing.
             return Next.STOP
+        live = adapter.live(message)
         try:
-            reply, turn = await self._answer(adapter, message)
-        except _Cancelled:
-            return Next.CONTINUE  # finished by `cancel`, which stored it as failed
-        if reply is None:
-            return Next.STOP
-        if not await self._save_answer(message, reply, turn):
-            return Next.STOP
-        return await self._deliver(
-            adapter, dataclasses.replace(message, status=MessageStatus.ANSWERED), reply
-        )
+            try:
+                reply, turn = await self._answer(adapter, message, live)
+            except _Cancelled:
+                return Next.CONTINUE  # finished by `cancel`, which stored it as failed
+            if reply is None:
+                return Next.STOP
+            if not await self._save_answer(message, reply, turn):
+                return Next.STOP
+            return await self._deliver(
+                adapter, dataclasses.replace(message, status=MessageStatus.ANSWERED), reply
+            )
+        finally:
+            if live is not None:
+                await _close(live, message)
 
     async def _answer(
-        self, adapter: ChatAdapter, message: InboxMessage
+        self, adapter: ChatAdapter, message: InboxMessage, live: LiveAnswer | None = None
     ) -> tuple[Reply | None, tuple[int, str | None, Usage] | None]:
         """The reply and the turn to record; (None, None) if the lease is gone."""
         if message.attempts >= MAX_ATTEMPTS:
@@ -153,7 +183,7 @@ class Turns:
             return None, None
         self._in_flight += 1
         self.metrics.in_flight.set(self._in_flight)
-        call = asyncio.create_task(self._ask_agent(message), name=f"message-{message.id}")
+        call = asyncio.create_task(self._ask_agent(message, live), name=f"message-{message.id}")
         self._calls[message.id] = call
         try:
             # Most answers come within a second; only a slower one gets the indicator.
@@ -175,7 +205,7 @@ class Turns:
             self.metrics.in_flight.set(self._in_flight)
 
     async def _ask_agent(
-        self, message: InboxMessage
+        self, message: InboxMessage, live: LiveAnswer | None = None
     ) -> tuple[Reply, tuple[int, str | None, Usage] | None]:
         conversation = await self._store.get_conversation_by_id(message.conversation_id)
         name = conversation.agent if conversation.agent in self._backends else message.agent
@@ -190,16 +220,20 @@ class Turns:
             return Reply(self.messages.render("internal_error"), error_kind="no_agent"), None
         session = conversation.session_id or backend.new_session_id()
         note = ""
+        shown = _Shown()
         try:
             try:
-                result = await self._call(backend, message, session)
+                result = await self._call(backend, message, session, live, shown)
             except AgentSessionExpired as exc:
                 log.info("message %d: %s; starting a fresh session", message.id, exc)
                 session = backend.new_session_id()
                 note = self.messages.render("session_restarted")
-                result = await self._call(backend, message, session)
+                result = await self._call(backend, message, session, live, shown)
         except AgentError as exc:
             log.warning("message %d in %s: %s", message.id, message.key, exc)
+            if shown.text:
+                # The user saw the start of an answer: keep it, say why it stops.
+                return Reply(f"{shown.text}\n\n{exc.user_message}", error_kind=exc.kind), None
             return Reply(exc.user_message, error_kind=exc.kind), None
         except Exception:
             log.exception("message %d: agent %r failed unexpectedly", message.id, name)
@@ -218,7 +252,12 @@ class Turns:
         return Reply(text), turn
 
     async def _call(
-        self, backend: AgentBackend, message: InboxMessage, session: str | None
+        self,
+        backend: AgentBackend,
+        message: InboxMessage,
+        session: str | None,
+        live: LiveAnswer | None = None,
+        shown: _Shown | None = None,
     ) -> AgentReply:
         started = time.monotonic()
         try:
@@ -228,7 +267,15 @@ class Turns:
             who = TurnContext(
                 user_id=message.sender, user_name=str(message.meta.get("username") or "")
             )
-            result = await backend.chat(text, session, context=who)
+            if backend.streams:
+                # Closed on the way out, also when reading stops early (cancelled, an
+                # error): the agent's HTTP response is released at once.
+                async with contextlib.aclosing(
+                    backend.stream(text, session, context=who)
+                ) as events:
+                    result = await _read_stream(events, live, shown or _Shown())
+            else:
+                result = await backend.chat(text, session, context=who)
         except AgentError as exc:
             self.metrics.agent_errors.labels(backend.name, exc.kind).inc()
             raise
@@ -338,6 +385,103 @@ class Turns:
     def _store_failed(self, exc: StorageError) -> None:
         self.metrics.store_errors.inc()
         self.store_problem = str(exc)
+
+
+@dataclasses.dataclass(slots=True)
+class _Shown:
+    """The text of a streamed answer shown live so far (empty without a live view)."""
+
+    text: str = ""
+
+
+async def _read_stream(
+    events: AsyncIterator[AgentEvent], live: LiveAnswer | None, shown: _Shown
+) -> AgentReply:
+    """Read a streaming agent's events to its final reply, showing the text so far
+    on ``live`` (if any) and keeping it in ``shown`` for an error mid-stream."""
+    shown.text = ""
+    pump = _Pump(live) if live is not None else None
+    text = ""
+    result: AgentReply | None = None
+    try:
+        async for event in events:
+            if isinstance(event, stream.TextDelta):
+                text += event.text
+                if pump is not None and event.text:
+                    shown.text = text
+                    pump.update(text)
+            elif isinstance(event, stream.StatusLine):
+                if pump is not None:
+                    await pump.status(event.text)
+            else:
+                result = event  # the last event; the stream ends after it
+        if result is None:
+            raise RuntimeError("the agent's stream ended without a final reply")
+        if pump is not None:
+            await pump.finish()
+    finally:
+        if pump is not None:
+            pump.cancel()
+    return result
+
+
+class _Pump:
+    """Shows the latest text on a `LiveAnswer`, at most every ``LIVE_INTERVAL``
+    seconds, in a task of its own: a slow platform call never holds up the
+    stream, and texts that came meanwhile are skipped for the newest."""
+
+    def __init__(self, live: LiveAnswer) -> None:
+        self._live = live
+        self._text = ""
+        self._shown = ""
+        self._closing = False
+        self._changed = asyncio.Event()
+        self._task = asyncio.create_task(self._run(), name="live-answer")
+
+    def update(self, text: str) -> None:
+        self._text = text
+        self._changed.set()
+
+    async def status(self, text: str) -> None:
+        try:
+            await self._live.status(text)
+        except Exception:  # a LiveAnswer must not raise; if it does, only the view suffers
+            log.debug("a live answer's status failed", exc_info=True)
+
+    async def finish(self) -> None:
+        """Show the last text (when its turn comes), then stop."""
+        self._closing = True
+        self._changed.set()
+        await self._task
+
+    def cancel(self) -> None:
+        self._task.cancel()
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        due = 0.0
+        while not (self._closing and self._text == self._shown):
+            await self._changed.wait()
+            self._changed.clear()
+            if self._text == self._shown:
+                continue
+            wait = due - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)  # the pump's own pace; the stream goes on
+            text = self._text
+            due = loop.time() + stream.LIVE_INTERVAL
+            try:
+                await self._live.show(text)
+            except Exception:
+                log.debug("a live answer's update failed", exc_info=True)
+            self._shown = text
+
+
+async def _close(live: LiveAnswer, message: InboxMessage) -> None:
+    try:
+        await live.close()
+    except Exception:  # the reply is posted (or parked) already: only the view suffers
+        log.warning("message %d: could not close its live answer", message.id, exc_info=True)
 
 
 def _since(created_at: datetime | None) -> str:

@@ -45,6 +45,7 @@ from sqlalchemy import Row, case, exists, func, literal_column, or_, select, tex
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
 
+from bridge.chat import LIVE_REF
 from bridge.errors import StorageError
 from bridge.model import (
     ConversationKey,
@@ -321,6 +322,31 @@ class Queue(Conversations):
             (MessageStatus.ANSWERED,),
             delivered_pieces=pieces,
         )
+
+    async def note_live(self, message: InboxMessage, owner: str, ref: str) -> bool:
+        """Remember ``ref``, the platform's id of the answer shown live while the agent
+        writes it, in ``meta[LIVE_REF]`` (the other keys kept): read, merged and written
+        in one write transaction, conditional on the lease like every step."""
+        try:
+            async with self._write("note a live answer") as conn:
+                meta = (
+                    await conn.execute(
+                        select(messages.c.meta).where(messages.c.id == message.id).with_for_update()
+                    )
+                ).scalar_one_or_none()
+                if meta is None:
+                    raise _LeaseLost
+                statement = self._step_statement(
+                    message,
+                    owner,
+                    (MessageStatus.RUNNING, MessageStatus.ANSWERED),
+                    meta={**meta, LIVE_REF: ref},
+                )
+                if (await conn.execute(statement)).rowcount != 1:
+                    raise _LeaseLost
+        except _LeaseLost:
+            return False
+        return True
 
     async def finish_delivery(
         self, message: InboxMessage, owner: str, *, undeliverable: str | None = None

@@ -64,7 +64,7 @@ def create_backend(
     if isinstance(config, HttpAgentConfig):
         return GenericHttpBackend(name, config, messages=messages, client=client)
     if isinstance(config, EchoAgentConfig):
-        return EchoBackend(name)
+        return EchoBackend(name, stream=config.stream)
     raise TypeError(f"agents.{name}: no backend for {type(config).__name__}")
 
 

@@ -39,6 +39,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import logging
 import math
@@ -46,7 +47,7 @@ import random
 import re
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC
 from typing import Any, Generic, NoReturn, TypeVar
@@ -56,6 +57,7 @@ from pydantic import SecretStr
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
 from bridge import __version__
+from bridge.backends.sse import SseEvent, SseParser
 from bridge.config import AgentBase, MessagesConfig
 from bridge.errors import (
     AgentBadReply,
@@ -68,7 +70,8 @@ from bridge.errors import (
     AgentUnauthorized,
     AgentUnavailable,
 )
-from bridge.model import AgentReply, TurnContext
+from bridge.model import AgentReply, TurnContext, Usage
+from bridge.stream import AgentEvent, StatusLine, TextDelta
 
 log = logging.getLogger("bridge.backends")
 
@@ -134,6 +137,31 @@ class AgentBackend(ABC):
         """One turn; raises `AgentError` subclasses. ``context`` says who asks, for
         the backends that send it on."""
 
+    @property
+    def streams(self) -> bool:
+        """True when `stream()` yields the answer as it is written (the agent's config
+        says ``stream = true`` and its API can); the dispatcher calls `chat()` otherwise."""
+        return False
+
+    async def stream(
+        self, message: str, session_id: str | None, *, context: TurnContext | None = None
+    ) -> AsyncGenerator[AgentEvent, None]:
+        """One turn as events (`bridge.stream`): `TextDelta`s and `StatusLine`s, then
+        exactly one `AgentReply`; raises `AgentError` subclasses like `chat()`, also
+        after some deltas. This default streams nothing: one delta with the whole text.
+
+        Example::
+
+            async for event in backend.stream("hello", session_id):
+                if isinstance(event, TextDelta):
+                    shown += event.text
+                elif isinstance(event, AgentReply):
+                    final = event
+        """
+        reply = await self.chat(message, session_id, context=context)
+        yield TextDelta(reply.text)
+        yield reply
+
     def new_session_id(self) -> str | None:
         """The session id to send for a new conversation; ``None`` lets the API make one."""
         return None
@@ -161,6 +189,31 @@ class AgentRequest:
 
 class ReplyFormatError(ValueError):
     """Raised by `parse_reply()` when a 2xx body holds no usable reply."""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEnd:
+    """What `HttpAgentBackend.parse_event()` returns for the stream's final event
+    (thinnest's ``done``, OpenAI's ``response.completed``...): the session and usage
+    it names, and the final text when the API sends one (else the deltas, joined)."""
+
+    session_id: str | None = None
+    usage: Usage | None = None
+    text: str | None = None
+
+
+#: What `parse_event()` turns one server-sent event into.
+StreamItem = TextDelta | StatusLine | StreamEnd
+
+
+class StreamUnsupported(Exception):
+    """The streaming endpoint is missing (404/405) or its answer is not an event
+    stream: the backend falls back to `chat()`. Raised before any event was yielded."""
+
+    def __init__(self, reason: str, *, ambiguous: bool = False) -> None:
+        super().__init__(reason)
+        #: A bare 404 on a turn that named a session: maybe the session, not the endpoint.
+        self.ambiguous = ambiguous
 
 
 def require_text(value: object, what: str = "reply text") -> str:
@@ -229,6 +282,9 @@ class HttpAgentBackend(AgentBackend, Generic[C]):
         self._client = client
         self._sleep = sleep
         self._backoff_base = backoff_base
+        # Set when the streaming endpoint turned out missing or unreadable: from then
+        # on this agent answers through chat() (see `stream()`).
+        self._stream_fallback = False
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
@@ -269,6 +325,237 @@ class HttpAgentBackend(AgentBackend, Generic[C]):
         error returned here is never retried."""
         return None
 
+    # --- streaming (the steps a streaming backend fills in) ------------------------------
+
+    #: True when the backend speaks its API's streaming endpoint (`stream_request()`
+    #: and `parse_event()` are implemented).
+    can_stream: bool = False
+    #: Whether a stream that ends without a `StreamEnd` event was cut (most APIs send
+    #: a final event; a stream that simply ends is complete for the others).
+    stream_needs_end: bool = True
+
+    @property
+    def streams(self) -> bool:
+        return self.config.stream and self.can_stream and not self._stream_fallback
+
+    def stream_request(self, message: str, session_id: str | None) -> AgentRequest:
+        """The streaming request for one turn (the key is added by the base class)."""
+        raise NotImplementedError(f"{type(self).__name__} does not stream")
+
+    def parse_event(self, event: SseEvent, sent_session_id: str | None) -> Sequence[StreamItem]:
+        """What one server-sent event means: deltas, status lines, or the `StreamEnd`
+        (after which nothing more is read); ``[]`` for events of no interest (pings,
+        metadata). Raise an `AgentError` for an error event, and `ValueError` (or
+        `ReplyFormatError`) for data that cannot be read."""
+        raise NotImplementedError(f"{type(self).__name__} does not stream")
+
+    def finish_stream(
+        self, text: str, end: StreamEnd | None, sent_session_id: str | None
+    ) -> AgentReply:
+        """The final reply of a stream: ``text`` is the deltas joined, ``end`` the final
+        event (None when the stream ended without one). Raise `ReplyFormatError` when
+        it holds no reply."""
+        if end is None:
+            if self.stream_needs_end:
+                raise self._error(AgentUnavailable, "the stream ended before its final event")
+            end = StreamEnd()
+        final = end.text if end.text else text
+        return AgentReply(
+            text=require_text(final, "streamed text"),
+            session_id=end.session_id or sent_session_id,
+            usage=end.usage or Usage(),
+        )
+
+    # --- stream -------------------------------------------------------------------------
+
+    async def stream(
+        self, message: str, session_id: str | None, *, context: TurnContext | None = None
+    ) -> AsyncGenerator[AgentEvent, None]:
+        if not self.streams:
+            async for event in super().stream(message, session_id, context=context):
+                yield event
+            return
+        log.debug("agent %s: streaming %r (session %s)", self.name, message, session_id)
+        request = self.stream_request(message, session_id)
+        events = self.stream_call(request, sent_session_id=session_id)
+        async for event in self.with_fallback(events, message, session_id, context):
+            yield event
+
+    async def with_fallback(
+        self,
+        events: AsyncGenerator[AgentEvent, None],
+        message: str,
+        session_id: str | None,
+        context: TurnContext | None,
+    ) -> AsyncGenerator[AgentEvent, None]:
+        """``events``, or, when they end in `StreamUnsupported` (always before the first
+        event), the turn answered by `chat()`; streaming is then off for this agent
+        from now on (one WARNING)."""
+        try:
+            async with contextlib.aclosing(events):
+                async for event in events:
+                    yield event
+            return
+        except StreamUnsupported as exc:
+            refused = exc
+        try:
+            reply = await self.chat(message, session_id, context=context)
+        except AgentSessionExpired:
+            # A bare 404 on a turn that named a session: the plain endpoint's error
+            # table decides, and if the session was what was missing, the stream
+            # endpoint may well exist.
+            if not refused.ambiguous:
+                self._fall_back(refused)
+            raise
+        except AgentError:
+            self._fall_back(refused)
+            raise
+        self._fall_back(refused)
+        yield TextDelta(reply.text)
+        yield reply
+
+    def _fall_back(self, refused: StreamUnsupported) -> None:
+        if self._stream_fallback:
+            return
+        self._stream_fallback = True
+        log.warning(
+            "agent %s: %s; falling back to the plain endpoint for this agent from now on "
+            "(answers come whole; said once)",
+            self.name,
+            refused,
+        )
+
+    async def stream_call(
+        self,
+        request: AgentRequest,
+        *,
+        sent_session_id: str | None,
+        parse: Callable[[SseEvent], Sequence[StreamItem]] | None = None,
+        finish: Callable[[str, StreamEnd | None], AgentReply] | None = None,
+    ) -> AsyncGenerator[TextDelta | StatusLine | AgentReply, None]:
+        """Send ``request`` and yield its event stream as events, ending with the reply.
+
+        Opening the stream runs under the retry policy and error table of `call()`
+        (a 404/405 or a body that is no event stream raises `StreamUnsupported`
+        instead, before any event). Nothing is retried once the body is read: the
+        agent may have run and billed the turn. Mid-stream, a read timeout is
+        `AgentTimeout` and a broken connection `AgentUnavailable`. ``parse`` and
+        ``finish`` default to `parse_event()` and `finish_stream()`."""
+        parse_one = parse or (lambda event: self.parse_event(event, sent_session_id))
+        finish_one = finish or (lambda text, end: self.finish_stream(text, end, sent_session_id))
+        response = await self._open_stream(request, sent_session_id)
+        try:
+            content_type = response.headers.get("Content-Type", "")
+            if "json" in content_type and "event-stream" not in content_type:
+                raise StreamUnsupported(f"the streaming endpoint answered {content_type}")
+            texts: list[str] = []
+            readable = False
+            end: StreamEnd | None = None
+            parser = SseParser()
+            try:
+                chunks = response.aiter_text()
+                while end is None:
+                    try:
+                        chunk = await anext(chunks)
+                    except StopAsyncIteration:
+                        found = parser.close()
+                        eof = True
+                    else:
+                        found = parser.feed(chunk)
+                        eof = False
+                    for sse in found:
+                        try:
+                            items = parse_one(sse)
+                        except (ReplyFormatError, ValueError, KeyError, TypeError) as exc:
+                            if not readable:
+                                raise StreamUnsupported(
+                                    f"the streaming endpoint's answer is unreadable ({exc})"
+                                ) from exc
+                            log.debug("agent %s: skipped an unreadable event: %s", self.name, exc)
+                            continue
+                        readable = True
+                        for item in items:
+                            if isinstance(item, StreamEnd):
+                                end = item
+                                break
+                            if isinstance(item, TextDelta):
+                                if not item.text:
+                                    continue
+                                texts.append(item.text)
+                            yield item
+                        if end is not None:
+                            break
+                    if eof:
+                        break
+            except httpx.TimeoutException as exc:
+                raise self._error(
+                    AgentTimeout, f"the stream stalled for {self.timeout:g}s ({type(exc).__name__})"
+                ) from exc
+            except httpx.HTTPError as exc:
+                raise self._error(
+                    AgentUnavailable, f"the stream broke ({type(exc).__name__}: {exc})"
+                ) from exc
+            if not readable:
+                raise StreamUnsupported("the streaming endpoint's answer holds no event")
+            try:
+                reply = finish_one("".join(texts), end)
+            except ReplyFormatError as exc:
+                log.warning("agent %s: unreadable stream: %s", self.name, exc)
+                raise self._error(AgentBadReply, f"unreadable stream: {exc}") from exc
+        finally:
+            await response.aclose()
+        log.debug("agent %s: streamed %r (session %s)", self.name, reply.text, reply.session_id)
+        yield reply
+
+    async def _open_stream(
+        self, request: AgentRequest, sent_session_id: str | None
+    ) -> httpx.Response:
+        async for attempt in self._retrying():
+            with attempt:
+                number = attempt.retry_state.attempt_number
+                response = await self._stream_attempt(request, sent_session_id, number)
+        return response
+
+    async def _stream_attempt(
+        self, request: AgentRequest, sent_session_id: str | None, attempt: int
+    ) -> httpx.Response:
+        started = time.monotonic()
+        try:
+            response = await self._send(request, self.timeout, stream=True)
+        except httpx.HTTPError as exc:
+            self._log_attempt(attempt, type(exc).__name__, started)
+            raise self._transport_error(exc) from exc
+        self._log_attempt(attempt, f"stream {response.status_code}", started)
+        if response.is_success:
+            return response
+        try:
+            await response.aread()
+        except httpx.HTTPError as exc:
+            raise self._transport_error(exc) from exc
+        finally:
+            await response.aclose()
+        if response.status_code in (404, 405):
+            raise self._stream_refused(response, sent_session_id)
+        raise self._status_error(response, sent_session_id)
+
+    def _stream_refused(self, response: httpx.Response, sent_session_id: str | None) -> Exception:
+        """A 404/405 from the streaming endpoint: the API's own error, a session that
+        is gone, or no streaming here (`StreamUnsupported`)."""
+        status = response.status_code
+        own = self.classify_error(response, sent_session_id)
+        if own is not None:
+            return own
+        if status == 404 and sent_session_id is not None:
+            # Only a body that names the session says so for sure; a bare 404 may be
+            # the endpoint, and the plain endpoint's error table then decides.
+            if _SESSION_WORDS.search(response.text) and self._session_gone(status, response):
+                detail = f"HTTP {status}: {body_excerpt(response)}"
+                return self._error(AgentSessionExpired, f"session {sent_session_id}: {detail}")
+            return StreamUnsupported(
+                f"the streaming endpoint answered HTTP {status}", ambiguous=True
+            )
+        return StreamUnsupported(f"the streaming endpoint answered HTTP {status}")
+
     # --- chat ---------------------------------------------------------------------------
 
     async def chat(
@@ -291,14 +578,7 @@ class HttpAgentBackend(AgentBackend, Generic[C]):
         a backend whose turn takes another request first (e.g. creating the
         conversation it then talks in) sends that one through here too.
         ``sent_session_id`` is the session the request names, for the error table."""
-        retrying = AsyncRetrying(
-            retry=retry_if_exception_type(_Retry),
-            wait=self._wait,
-            stop=self._stop,
-            sleep=self._sleep,
-            before_sleep=self._log_retry,
-            retry_error_callback=self._give_up,
-        )
+        retrying = self._retrying()
         # Each attempt logs its status and duration at INFO; the error itself is logged
         # where it is handled (the dispatcher), plus ERROR for a refused key and
         # WARNING for an unreadable body here, where the details are known.
@@ -307,6 +587,16 @@ class HttpAgentBackend(AgentBackend, Generic[C]):
                 number = attempt.retry_state.attempt_number
                 result = await self._attempt(request, parse, sent_session_id, number)
         return result
+
+    def _retrying(self) -> AsyncRetrying:
+        return AsyncRetrying(
+            retry=retry_if_exception_type(_Retry),
+            wait=self._wait,
+            stop=self._stop,
+            sleep=self._sleep,
+            before_sleep=self._log_retry,
+            retry_error_callback=self._give_up,
+        )
 
     async def _attempt(
         self,
@@ -333,16 +623,20 @@ class HttpAgentBackend(AgentBackend, Generic[C]):
         except (ReplyFormatError, KeyError, TypeError, AttributeError) as exc:
             raise self._bad_reply(response, str(exc) or type(exc).__name__) from exc
 
-    async def _send(self, request: AgentRequest, seconds: float) -> httpx.Response:
-        headers = {"Accept": "application/json", **self.auth_headers(), **(request.headers or {})}
+    async def _send(
+        self, request: AgentRequest, seconds: float, *, stream: bool = False
+    ) -> httpx.Response:
+        accept = "text/event-stream" if stream else "application/json"
+        headers = {"Accept": accept, **self.auth_headers(), **(request.headers or {})}
         try:
-            return await self._client.request(
+            built = self._client.build_request(
                 request.method,
                 request.url,
                 json=request.json,
                 headers=headers,
                 timeout=httpx.Timeout(seconds, connect=min(seconds, CONNECT_TIMEOUT)),
             )
+            return await self._client.send(built, stream=stream)
         except httpx.InvalidURL as exc:
             # Not an httpx.HTTPError; a wrong base_url in the config.
             raise httpx.UnsupportedProtocol(f"invalid URL: {exc}") from exc

@@ -31,6 +31,17 @@ type is ``insufficient_quota`` is out of credit (`AgentInsufficientBalance`,
 never retried: it carries no ``Retry-After`` and waiting does not help), other
 429s wait as the server says; ``model_not_found`` is `AgentNotFound`.
 
+Streaming (``stream = true``): the same requests with ``"stream": true``.
+Responses: ``response.output_text.delta`` events are the deltas, a tool call
+item (``response.output_item.added`` of a ``*_call`` type) a status line, and
+``response.completed`` carries the whole response, read as `parse_reply()` reads
+the plain answer (text, usage, and the id ``previous_response_id`` needs);
+``error`` and ``response.failed`` events are mapped as the error bodies are.
+Chat Completions: ``stream_options: {"include_usage": true}``; each chunk's
+``choices[0].delta.content`` is a delta, the last chunk (``choices: []``) has
+the usage, ``data: [DONE]`` ends it; the turn joins the history after the
+final text, as in `chat()`.
+
 Why httpx through `HttpAgentBackend` and not the ``openai`` package: the base
 class already makes the call on the process's one shared client, with the
 bridge's retry policy (bounded by ``max_retry_wait``), its status-to-error table
@@ -44,7 +55,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -56,19 +67,24 @@ from bridge.backends.base import (
     HttpAgentBackend,
     ReplyFormatError,
     Sleep,
+    StreamEnd,
+    StreamItem,
     body_excerpt,
     require_text,
 )
+from bridge.backends.sse import SseEvent
 from bridge.config import MessagesConfig, OpenAIAgentConfig
 from bridge.errors import (
     AgentError,
     AgentInsufficientBalance,
     AgentNotFound,
     AgentSessionExpired,
+    AgentUnavailable,
     StorageError,
 )
 from bridge.history import ConversationHistory, HistoryTurn
 from bridge.model import AgentReply, TurnContext, Usage
+from bridge.stream import AgentEvent, StatusLine, TextDelta
 
 log = logging.getLogger("bridge.backends")
 
@@ -187,13 +203,16 @@ class OpenAIBackend(HttpAgentBackend[OpenAIAgentConfig]):
             )
             raise
 
-    async def _chat_completion(self, message: str, session_id: str | None) -> AgentReply:
-        history = self._history
-        if history is None:
+    def _require_history(self) -> ConversationHistory:
+        if self._history is None:
             raise RuntimeError(
                 f'agents.{self.name}: api = "chat" keeps each thread\'s turns in the store, '
                 "and this backend was made without one (create_backend(..., history=store))"
             )
+        return self._history
+
+    async def _chat_completion(self, message: str, session_id: str | None) -> AgentReply:
+        history = self._require_history()
         if session_id is None:  # a call outside any thread: a history of its own
             session_id = uuid.uuid4().hex
         turns = await history.load(session_id, max_chars=self.config.history_chars)
@@ -203,8 +222,14 @@ class OpenAIBackend(HttpAgentBackend[OpenAIAgentConfig]):
         reply = await self.call(
             request, lambda data: self._parse_chat(data, thread), sent_session_id=None
         )
+        await self._remember(history, session_id, message, reply.text)
+        return reply
+
+    async def _remember(
+        self, history: ConversationHistory, session_id: str, message: str, answer: str
+    ) -> None:
         try:
-            await history.append(session_id, message, reply.text)
+            await history.append(session_id, message, answer)
         except StorageError as exc:
             # The answer is good; failing the turn for its copy would lose it. The
             # next turns just miss this one.
@@ -213,7 +238,147 @@ class OpenAIBackend(HttpAgentBackend[OpenAIAgentConfig]):
                 self.name,
                 exc,
             )
-        return reply
+
+    # --- streaming ------------------------------------------------------------------
+
+    can_stream = True
+
+    async def stream(
+        self, message: str, session_id: str | None, *, context: TurnContext | None = None
+    ) -> AsyncGenerator[AgentEvent, None]:
+        if self.streams and self.config.api == "chat":
+            events = self._stream_chat(message, session_id)
+            async for event in self.with_fallback(events, message, session_id, context):
+                yield event
+            return
+        if self.streams and self.config.memory == "conversation" and session_id is None:
+            session_id = await self._create_conversation()
+        async for event in super().stream(message, session_id, context=context):
+            yield event
+
+    def stream_request(self, message: str, session_id: str | None) -> AgentRequest:
+        request = self.build_request(message, session_id)
+        return AgentRequest(request.url, {**(request.json or {}), "stream": True})
+
+    def parse_event(self, event: SseEvent, sent_session_id: str | None) -> Sequence[StreamItem]:
+        data = event.json()
+        if not isinstance(data, dict):
+            raise ReplyFormatError(f"expected a JSON object, got {type(data).__name__}")
+        kind = data.get("type") or event.event
+        if kind == "response.output_text.delta":
+            delta = data.get("delta")
+            return [TextDelta(delta)] if isinstance(delta, str) else []
+        if kind == "response.output_item.added":
+            item = data.get("item")
+            item_type = item.get("type") if isinstance(item, dict) else None
+            if (
+                isinstance(item, dict)
+                and isinstance(item_type, str)
+                and item_type.endswith("_call")
+            ):
+                name = item.get("name")
+                tool = name if isinstance(name, str) and name else item_type.removesuffix("_call")
+                return [StatusLine(f"Using tool: {tool}")]
+            return []
+        if kind in ("response.completed", "response.incomplete"):
+            response = data.get("response")
+            if not isinstance(response, dict):
+                raise ReplyFormatError(f"{kind} without its response")
+            try:
+                reply = self.parse_reply(response, sent_session_id)
+            except ReplyFormatError:
+                # No output in the final event (some servers): the deltas are the text.
+                reply = AgentReply(
+                    text="",
+                    session_id=self._response_session(response, sent_session_id),
+                    usage=_usage(response.get("usage"), "input_tokens", "output_tokens"),
+                )
+            return [StreamEnd(reply.session_id, reply.usage, reply.text or None)]
+        if kind in ("error", "response.failed"):
+            raise self._stream_error(data, sent_session_id)
+        return []
+
+    def _response_session(self, response: dict[str, Any], sent: str | None) -> str | None:
+        if self.config.memory == "previous_response_id":
+            response_id = response.get("id")
+            if isinstance(response_id, str) and response_id:
+                return response_id
+        return sent
+
+    def _stream_error(self, data: dict[str, Any], sent_session_id: str | None) -> AgentError:
+        """An error event (``{"type": "error", "code", "message"}``, or a failed
+        response with its ``error``) as the status table would read its body."""
+        error: Any = data
+        if isinstance(data.get("response"), dict):
+            error = data["response"].get("error") or {}
+        elif isinstance(data.get("error"), dict):
+            error = data["error"]
+        if not isinstance(error, dict):
+            error = {"message": str(error)}
+        code, kind = error.get("code"), error.get("type")
+        detail = f"error event: {code or kind}: {error.get('message')}"
+        if "insufficient_quota" in (code, kind):
+            return self._error(AgentInsufficientBalance, detail)
+        if code in ("rate_limit_exceeded", "rate_limit_error") or kind == "rate_limit_error":
+            return self._rate_limited(detail, 1.0)
+        if code == "previous_response_not_found" and sent_session_id is not None:
+            return self._error(AgentSessionExpired, f"session {sent_session_id}: {detail}")
+        return self._error(AgentUnavailable, detail)
+
+    async def _stream_chat(
+        self, message: str, session_id: str | None
+    ) -> AsyncGenerator[AgentEvent, None]:
+        history = self._require_history()
+        if session_id is None:
+            session_id = uuid.uuid4().hex
+        turns = await history.load(session_id, max_chars=self.config.history_chars)
+        plain = self._chat_request(message, turns)
+        body = {**(plain.json or {}), "stream": True, "stream_options": {"include_usage": True}}
+        state = _ChunkState()
+        thread = session_id
+        events = self.stream_call(
+            AgentRequest(plain.url, body),
+            sent_session_id=None,  # as in chat(): the server knows no session
+            parse=lambda event: self._parse_chunk(event, state),
+            finish=lambda text, end: self._finish_chat(text, end, state, thread),
+        )
+        async for event in events:
+            if isinstance(event, AgentReply):
+                await self._remember(history, session_id, message, event.text)
+            yield event
+
+    def _parse_chunk(self, event: SseEvent, state: _ChunkState) -> list[StreamItem]:
+        if event.data.strip() == "[DONE]":
+            return [StreamEnd(usage=state.usage)]
+        data = event.json()
+        if not isinstance(data, dict):
+            raise ReplyFormatError(f"expected a JSON object, got {type(data).__name__}")
+        if "error" in data:
+            raise self._stream_error(data, None)
+        if isinstance(data.get("usage"), dict):
+            state.usage = _usage(data["usage"], "prompt_tokens", "completion_tokens")
+        choices = data.get("choices")
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+            return []
+        if choices[0].get("finish_reason"):
+            state.finished = True
+        delta = choices[0].get("delta")
+        content = delta.get("content") if isinstance(delta, dict) else None
+        if isinstance(delta, dict) and isinstance(delta.get("refusal"), str):
+            state.refusal += delta["refusal"]
+        return [TextDelta(content)] if isinstance(content, str) and content else []
+
+    def _finish_chat(
+        self, text: str, end: StreamEnd | None, state: _ChunkState, thread: str
+    ) -> AgentReply:
+        if end is None and not state.finished:
+            raise self._error(AgentUnavailable, "the stream ended before its final chunk")
+        if not text.strip():
+            text = state.refusal  # as chat(): a refusal beats "unreadable reply"
+        usage = state.usage or Usage()
+        return AgentReply(
+            text=require_text(text, "streamed content"), session_id=thread, usage=usage
+        )
 
     def _chat_request(self, message: str, turns: Sequence[HistoryTurn]) -> AgentRequest:
         messages: list[dict[str, str]] = []
@@ -302,6 +467,15 @@ class OpenAIBackend(HttpAgentBackend[OpenAIAgentConfig]):
             f"{where}: reachable, {key}; model {model} is not among the "
             f"{len(models)} it lists (check agents.{self.name}.model)"
         )
+
+
+class _ChunkState:
+    """What one Chat Completions stream has said so far besides its text."""
+
+    def __init__(self) -> None:
+        self.usage: Usage | None = None
+        self.finished = False
+        self.refusal = ""
 
 
 def _conversation_id(data: Any) -> str:

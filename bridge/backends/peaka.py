@@ -16,13 +16,26 @@ every shape seen in the wild:
 There is no create-thread endpoint: threads come into being through ``chat``,
 so the bridge makes a UUID for a new conversation, and keeps the ``threadId``
 the answer names if it names one.
+
+Streaming (``stream = true``): ``POST {base}/ai-agent/{projectId}/chat/stream``,
+the chat body plus ``"streamModes": ["messages"]``, answers Server-Sent Events in
+LangGraph's ``messages`` mode: each event's data is a message chunk, or a
+``[chunk, metadata]`` pair, LangChain-serialized or plain (``{"type":
+"AIMessageChunk", "content": ...}``). The text of the AI chunks is the answer;
+human and tool messages, tool-call chunks and the other stream modes' events
+are skipped. ``messages/partial`` events (the message so far, not a delta) are
+turned into deltas. An ``error`` event is `AgentUnavailable` (or
+`AgentInsufficientBalance` when it speaks of credit). The stream has no final
+event: it is complete when the body ends. Unlike `chat()`, a streamed answer
+carries no generated SQL or rows (the ``messages`` mode streams only messages).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -32,9 +45,14 @@ from bridge.backends.base import (
     AgentRequest,
     HttpAgentBackend,
     ReplyFormatError,
+    StreamEnd,
+    StreamItem,
 )
+from bridge.backends.sse import SseEvent
 from bridge.config import PeakaAgentConfig
+from bridge.errors import AgentInsufficientBalance, AgentUnavailable
 from bridge.model import AgentReply, TurnContext, Usage
+from bridge.stream import AgentEvent, TextDelta
 
 #: Rows and columns shown of a query result, and characters per cell.
 MAX_ROWS = 20
@@ -43,6 +61,7 @@ MAX_CELL = 40
 
 _TEXT_FIELDS = ("message", "response", "answer", "text")
 _AI_TYPES = frozenset({"ai", "aimessage", "aimessagechunk", "assistant"})
+_BALANCE_WORDS = re.compile(r"balance|credit|quota|payment", re.IGNORECASE)
 
 
 class PeakaBackend(HttpAgentBackend[PeakaAgentConfig]):
@@ -79,6 +98,87 @@ class PeakaBackend(HttpAgentBackend[PeakaAgentConfig]):
         # Peaka needs a threadId on every call: make one here (not in build_request) so
         # that the reply names the thread even when the answer does not.
         return await super().chat(message, session_id or self.new_session_id(), context=context)
+
+    # --- streaming ----------------------------------------------------------------------
+
+    can_stream = True
+    stream_needs_end = False
+
+    async def stream(
+        self, message: str, session_id: str | None, *, context: TurnContext | None = None
+    ) -> AsyncGenerator[AgentEvent, None]:
+        # As in chat(): the thread is named by the bridge when the turn starts one.
+        thread = session_id or self.new_session_id()
+        if not self.streams:
+            async for event in super().stream(message, thread, context=context):
+                yield event
+            return
+        partials: dict[str, str] = {}  # this stream's partial messages so far, by id
+        events = self.stream_call(
+            self.stream_request(message, thread),
+            sent_session_id=thread,
+            parse=lambda event: self._parse_event(event, partials),
+        )
+        async for event in self.with_fallback(events, message, thread, context):
+            yield event
+
+    def stream_request(self, message: str, session_id: str | None) -> AgentRequest:
+        request = self.build_request(message, session_id)
+        body = {**(request.json or {}), "streamModes": ["messages"]}
+        return AgentRequest(f"{self._project_url}/chat/stream", body)
+
+    def parse_event(self, event: SseEvent, sent_session_id: str | None) -> Sequence[StreamItem]:
+        return self._parse_event(event, {})
+
+    def _parse_event(self, event: SseEvent, partials: dict[str, str]) -> list[StreamItem]:
+        data = event.json()
+        name = event.event
+        if name == "error" or (isinstance(data, dict) and name == "message" and "error" in data):
+            raise self._stream_error(data)
+        if name not in ("message", "messages", "messages/partial", "messages/complete"):
+            return []  # metadata, values, updates, end...
+        if isinstance(data, list) and len(data) == 2 and _is_metadata(data[1]):
+            data = data[0]  # LangGraph's (chunk, metadata) pair
+        chunks = data if isinstance(data, list) else [data]
+        items: list[StreamItem] = []
+        for chunk in chunks:
+            if not isinstance(chunk, dict):
+                continue
+            found = _as_message(chunk)
+            if found is None or found[0] not in _AI_TYPES:
+                continue
+            text = found[1]
+            if name != "messages" and name != "message":
+                # messages/partial and /complete carry the whole message so far.
+                key = _message_id(chunk)
+                seen = partials.get(key, "")
+                if not text.startswith(seen):
+                    continue  # a rewritten message: nothing safe to add
+                partials[key] = text
+                text = text[len(seen) :]
+            if text:
+                items.append(TextDelta(text))
+        return items
+
+    def finish_stream(
+        self, text: str, end: StreamEnd | None, sent_session_id: str | None
+    ) -> AgentReply:
+        # chat() strips the text of the answer: so does the streamed one.
+        return super().finish_stream(text.strip(), end, sent_session_id)
+
+    def _stream_error(self, data: object) -> Exception:
+        if isinstance(data, dict):
+            value = data.get("message") or data.get("error") or data.get("detail") or data
+            if isinstance(value, dict):
+                value = value.get("message") or value
+        else:
+            value = data
+        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+        if _BALANCE_WORDS.search(text):
+            return self._error(AgentInsufficientBalance, f"error event: {text}")
+        return self._error(AgentUnavailable, f"error event: {text}")
+
+    # --- probe ---------------------------------------------------------------------------
 
     def probe_request(self) -> AgentRequest:
         return AgentRequest(f"{self._project_url}/threads", method="GET")
@@ -231,6 +331,18 @@ def _message_usage(fields: Mapping[str, Any]) -> Usage:
     counts = [meta.get(k) for k in ("input_tokens", "output_tokens", "total_tokens")]
     tokens_in, tokens_out, total = (c if isinstance(c, int) and c >= 0 else 0 for c in counts)
     return Usage(tokens_in, tokens_out, total or tokens_in + tokens_out)
+
+
+def _is_metadata(value: Any) -> bool:
+    # The second half of a (chunk, metadata) pair: a dict that is no message.
+    return isinstance(value, dict) and "content" not in value and "kwargs" not in value
+
+
+def _message_id(chunk: Mapping[str, Any]) -> str:
+    kwargs = chunk.get("kwargs")
+    fields = kwargs if isinstance(kwargs, dict) else chunk
+    value = fields.get("id")
+    return value if isinstance(value, str) else ""
 
 
 def _query_of(layer: Mapping[str, Any]) -> str | None:

@@ -37,8 +37,9 @@ RESERVED_EXTRA = {
     "conversation": "memory",
     "previous_response_id": "memory",
     "instructions": "system_prompt",
-    # The reply is read as one JSON body; streaming is not supported yet.
-    "stream": "the bridge (streaming is not supported yet)",
+    # The bridge streams when the agent's own `stream` key says so.
+    "stream": "stream",
+    "stream_options": "stream",
 }
 
 

@@ -109,3 +109,6 @@ class AgentBase(Section):
     #: Upper bound, in seconds, of the time spent waiting between retries of
     #: one call (429 and 5xx/connection errors).
     max_retry_wait: float = Field(60, ge=0)
+    #: Stream the answer as it is written, where the agent's API can (thinnest,
+    #: Peaka, OpenAI, Dify); elsewhere the answer comes whole, as without it.
+    stream: bool = False

@@ -63,6 +63,11 @@ METHOD_SCOPES = {
     "auth_test": set(),
     "chat_postMessage": {"chat:write"},
     "chat_postEphemeral": {"chat:write"},
+    "chat_update": {"chat:write"},
+    # Streamed answers (chat.startStream / appendStream / stopStream) post as the bot.
+    "chat_startStream": {"chat:write"},
+    "chat_appendStream": {"chat:write"},
+    "chat_stopStream": {"chat:write"},
     "conversations_replies": {"channels:history", "groups:history", "im:history"},
     "conversations_history": {"channels:history", "groups:history", "im:history"},
     "reactions_add": {"reactions:write"},

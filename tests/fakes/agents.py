@@ -44,6 +44,24 @@ Scripting and control:
   ``agents.chat_calls`` only the chat calls. ``agents.sessions`` maps each session id or
   threadId to the user messages it received, in order.
 
+Streaming (``/chat/stream`` at the base for thinnest, ``/ai-agent/{project_id}/chat/stream``
+for Peaka): recorded as ``kind="stream"`` (``agents.stream_calls``). Default answer: the same
+echo as chat, as Server-Sent Events, one event per word: thinnest ``{"type":
+agents.stream_text_type, agents.stream_text_field: piece}`` events then ``{"type": "done",
+"session_id", "usage"}``; Peaka an ``event: metadata`` then ``event: messages`` events whose
+data is ``[AIMessageChunk, metadata]`` (LangChain-serialized, the id ``run-1``), and no final
+event. ``agents.script_stream(FakeStream(...))`` queues other answers (FIFO): other ``events``
+(each a JSON-able data value, or a ``(event name, data)`` pair, or a raw ``str`` block),
+``status``/``body``/``content_type`` (a missing endpoint, a JSON body), ``hold_after=N``
+(send N events, set ``agents.stream_holding``, wait for ``agents.release_stream()``),
+``cut_after=N`` (send N events, then drop the connection without ending the body),
+``chunk_size`` (write the body in pieces of that many bytes), ``gates={N: event}`` (wait
+for that `asyncio.Event` before sending event number N: several pauses in one stream),
+``pace`` (seconds between two events, a steady writer); ``sent_at`` collects the
+``time.monotonic()`` right after each event was written (pass your own list to read it).
+Expired sessions get the chat's 404 here too; ``agents.stream_status = 404`` (or 405)
+answers every stream call so.
+
 Config helpers: `thinnest_config` / `peaka_config` build the typed agent config pointed at the
 fake, and `thinnest_config_toml` / `peaka_config_toml` the ``[agents.NAME]`` TOML section.
 """
@@ -54,7 +72,8 @@ import asyncio
 import contextlib
 import itertools
 import json as jsonlib
-from collections.abc import Mapping
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal, Self
@@ -82,11 +101,42 @@ class FakeResponse:
 
 
 @dataclass(frozen=True)
+class FakeStream:
+    """One scripted streaming answer (see the module docstring)."""
+
+    events: Sequence[Any] | None = None
+    status: int = 200
+    body: str | None = None
+    content_type: str = "text/event-stream"
+    hold_after: int | None = None
+    cut_after: int | None = None
+    chunk_size: int | None = None
+    #: Event number -> an `asyncio.Event` to wait for before sending that event.
+    gates: Mapping[int, asyncio.Event] = field(default_factory=dict)
+    #: Seconds to wait before each event after the first.
+    pace: float = 0.0
+    #: ``time.monotonic()`` right after each event was written, appended as they go.
+    sent_at: list[float] = field(default_factory=list)
+
+
+def sse_block(item: Any) -> str:
+    """One event of the stream: a raw ``str``, an ``(event, data)`` pair, or data alone."""
+    if isinstance(item, str):
+        return item
+    name = None
+    if isinstance(item, tuple):
+        name, item = item
+    data = item if isinstance(item, str) else jsonlib.dumps(item)
+    head = f"event: {name}\n" if name else ""
+    return head + "".join(f"data: {line}\n" for line in data.split("\n")) + "\n"
+
+
+@dataclass(frozen=True)
 class RecordedCall:
     """One request the fake received."""
 
     api: Literal["thinnest", "peaka"]
-    kind: Literal["chat", "probe"]
+    kind: Literal["chat", "probe", "stream"]
     method: str
     path: str
     headers: Mapping[str, str]
@@ -182,6 +232,12 @@ class FakeAgentServer:
         self._counter = itertools.count(1)
         self._runner: web.AppRunner | None = None
         self.url = ""
+        self._stream_script: list[FakeStream] = []
+        self.stream_text_type = "text"
+        self.stream_text_field = "content"
+        self.stream_status: int | None = None
+        self.stream_holding = asyncio.Event()
+        self._stream_released = asyncio.Event()
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -202,6 +258,8 @@ class FakeAgentServer:
         app.router.add_post("/v1/agents/{agent_id}/chat", self._thinnest_chat)
         app.router.add_get("/v1/agents/{agent_id}", self._thinnest_probe)
         app.router.add_post("/ai-agent/{project_id}/chat", self._peaka_chat)
+        app.router.add_post("/chat/stream", self._thinnest_stream)
+        app.router.add_post("/ai-agent/{project_id}/chat/stream", self._peaka_stream)
         app.router.add_get("/ai-agent/{project_id}/threads", self._peaka_probe)
         self._runner, port = await serve_loopback(app)
         self.url = f"http://127.0.0.1:{port}"
@@ -210,6 +268,7 @@ class FakeAgentServer:
         # Wake every delayed or held handler so that shutdown does not wait for them.
         self._closing.set()
         self._released.set()
+        self._stream_released.set()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -235,6 +294,18 @@ class FakeAgentServer:
     def release(self) -> None:
         self._released.set()
 
+    def script_stream(self, *answers: FakeStream) -> None:
+        """Queue answers for the next streaming calls (FIFO)."""
+        self._stream_script.extend(answers)
+
+    def release_stream(self) -> None:
+        """Let a stream held by ``hold_after`` send the rest."""
+        self._stream_released.set()
+
+    @property
+    def stream_calls(self) -> list[RecordedCall]:
+        return [c for c in self.calls if c.kind == "stream"]
+
     @property
     def chat_calls(self) -> list[RecordedCall]:
         return [c for c in self.calls if c.kind == "chat"]
@@ -259,7 +330,7 @@ class FakeAgentServer:
                 body = None
         call = RecordedCall(
             api=api,
-            kind="chat" if kind == "chat" else "probe",
+            kind="chat" if kind == "chat" else "stream" if kind == "stream" else "probe",
             method=request.method,
             path=request.path,
             headers=dict(request.headers),
@@ -268,7 +339,7 @@ class FakeAgentServer:
         self.calls.append(call)
         async with self._changed:
             self._changed.notify_all()
-        if kind == "chat":
+        if kind in ("chat", "stream"):
             self.arrived.set()
         return call
 
@@ -382,3 +453,113 @@ class FakeAgentServer:
         if not self._authorized(request):
             return web.json_response({"message": "Unauthorized"}, status=401)
         return web.json_response([{"threadId": t} for t in self.sessions])
+
+    # --- streaming ------------------------------------------------------------------
+
+    async def _stream_start(
+        self, request: web.Request, api: Literal["thinnest", "peaka"], session_key: str
+    ) -> tuple[dict[str, Any], FakeStream, web.StreamResponse | None]:
+        call = await self._record(request, api, "stream")
+        await self._released.wait()
+        body = call.json if isinstance(call.json, dict) else {}
+        scripted = self._stream_script.pop(0) if self._stream_script else FakeStream()
+        if self.stream_status is not None:
+            return body, scripted, web.Response(status=self.stream_status)
+        if not self._authorized(request):
+            return body, scripted, web.json_response({"detail": "Invalid API key"}, status=401)
+        if body.get(session_key) in self.expired:
+            return body, scripted, web.json_response({"detail": "Session not found"}, status=404)
+        if scripted.body is not None or scripted.status != 200:
+            answer = web.Response(
+                status=scripted.status,
+                text=scripted.body or "",
+                headers={"Content-Type": scripted.content_type},
+            )
+            return body, scripted, answer
+        return body, scripted, None
+
+    async def _send_stream(
+        self, request: web.Request, scripted: FakeStream, events: Sequence[Any]
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": scripted.content_type})
+        await response.prepare(request)
+        for number, item in enumerate(events):
+            if scripted.hold_after is not None and number == scripted.hold_after:
+                self.stream_holding.set()
+                await self._stream_released.wait()
+            if number in scripted.gates:
+                await self._gate(scripted.gates[number])
+            if scripted.pace > 0 and number > 0:
+                await self._pause(scripted.pace)
+            if scripted.cut_after is not None and number == scripted.cut_after:
+                assert request.transport is not None
+                request.transport.abort()  # gone mid-body, no terminating chunk
+                return response
+            data = sse_block(item).encode()
+            size = scripted.chunk_size or len(data)
+            for start in range(0, len(data), size):
+                await response.write(data[start : start + size])
+            scripted.sent_at.append(time.monotonic())
+        await response.write_eof()
+        return response
+
+    async def _gate(self, gate: asyncio.Event) -> None:
+        """Wait for ``gate`` (or the server's closing)."""
+        waiters = {asyncio.ensure_future(gate.wait()), asyncio.ensure_future(self._closing.wait())}
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+
+    async def _thinnest_stream(self, request: web.Request) -> web.StreamResponse:
+        body, scripted, early = await self._stream_start(request, "thinnest", "session_id")
+        if early is not None:
+            return early
+        events = scripted.events
+        if events is None:
+            message = str(body.get("message", ""))
+            session_id = body.get("session_id") or f"sess-{next(self._counter)}"
+            self.sessions.setdefault(session_id, []).append(message)
+            reply = f"echo: {message}"
+            words_in, words_out = len(message.split()), len(reply.split())
+            pieces = [word + " " for word in reply.split(" ")]
+            pieces[-1] = pieces[-1][:-1]
+            text_events: list[Any] = [
+                {"type": self.stream_text_type, self.stream_text_field: p} for p in pieces
+            ]
+            usage = {
+                "input_tokens": words_in,
+                "output_tokens": words_out,
+                "total_tokens": words_in + words_out,
+            }
+            events = [*text_events, {"type": "done", "session_id": session_id, "usage": usage}]
+        return await self._send_stream(request, scripted, events)
+
+    async def _peaka_stream(self, request: web.Request) -> web.StreamResponse:
+        body, scripted, early = await self._stream_start(request, "peaka", "threadId")
+        if early is not None:
+            return early
+        events = scripted.events
+        if events is None:
+            message = str(body.get("message", ""))
+            thread_id = body.get("threadId") or f"thread-{next(self._counter)}"
+            self.sessions.setdefault(thread_id, []).append(message)
+            reply = f"echo: {message}"
+            pieces = [word + " " for word in reply.split(" ")]
+            pieces[-1] = pieces[-1][:-1]
+            meta = {"langgraph_node": "agent", "thread_id": thread_id}
+            events = [("metadata", {"run_id": "run-1"})] + [
+                ("messages", [peaka_chunk(p), meta]) for p in pieces
+            ]
+        return await self._send_stream(request, scripted, events)
+
+
+def peaka_chunk(content: str, *, kind: str = "AIMessageChunk", id: str = "run-1") -> dict[str, Any]:
+    """An AI message chunk as LangChain serializes it (langchain_core.load.dumpd)."""
+    return {
+        "lc": 1,
+        "type": "constructor",
+        "id": ["langchain_core", "messages", kind],
+        "kwargs": {"content": content, "type": "AIMessageChunk", "id": id},
+    }

@@ -20,6 +20,13 @@ Endpoints, under ``api.url`` (which ends in ``/v1``):
 - ``POST /conversations``: a new empty conversation, ``{"id": "conv_N", ...}``.
 - ``POST /chat/completions``: ``{model, messages}``, stateless: the same echo, with
   ``[remembers: ...]`` listing the earlier ``user`` messages of ``messages``.
+- ``"stream": true`` on ``/responses`` or ``/chat/completions`` answers the same echo as
+  Server-Sent Events, one delta per word: Responses ``response.created``,
+  ``response.output_text.delta``..., ``response.completed`` (the whole response object);
+  Chat Completions ``chat.completion.chunk``s, a usage chunk (``choices: []``) when
+  ``stream_options.include_usage``, then ``data: [DONE]``. ``api.stream_error = {...}``
+  sends that event data after the first delta instead of the rest (once);
+  ``api.stream_calls`` counts streamed requests.
 - ``GET /models``: ``{"object": "list", "data": [{"id": ...}, ...]}`` (``models=``).
 
 Authentication: with ``FakeOpenAI(api_key="sk-...")`` every request needs exactly
@@ -162,6 +169,8 @@ class FakeOpenAI:
         self._closing = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self.url = ""
+        self.stream_error: dict[str, Any] | None = None
+        self.stream_calls = 0
 
     async def __aenter__(self) -> Self:
         app = web.Application()
@@ -305,7 +314,43 @@ class FakeOpenAI:
                 "total_tokens": tokens_in + tokens_out,
             },
         }
+        if body.get("stream"):
+            return await self._stream_response(request, data, answer)
         return web.json_response(data)
+
+    async def _sse(self, request: web.Request, events: list[Any]) -> web.StreamResponse:
+        """Send ``events`` (data values; a str as is), cut short by ``stream_error``."""
+        self.stream_calls += 1
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for number, item in enumerate(events):
+            if number == 2 and self.stream_error is not None:
+                item, self.stream_error = self.stream_error, None
+                events = []
+            data = item if isinstance(item, str) else jsonlib.dumps(item)
+            name = item.get("type") if isinstance(item, dict) else None
+            head = f"event: {name}\n" if isinstance(name, str) else ""
+            await response.write(f"{head}data: {data}\n\n".encode())
+            if not events:
+                break
+        await response.write_eof()
+        return response
+
+    async def _stream_response(
+        self, request: web.Request, data: dict[str, Any], answer: str
+    ) -> web.StreamResponse:
+        created = {**data, "status": "in_progress", "output": [], "usage": None}
+        pieces = [word + " " for word in answer.split(" ")]
+        pieces[-1] = pieces[-1][:-1]
+        events: list[Any] = [{"type": "response.created", "response": created}]
+        events += [
+            {"type": "response.output_text.delta", "item_id": "msg", "delta": p} for p in pieces
+        ]
+        events += [
+            {"type": "response.output_text.done", "item_id": "msg", "text": answer},
+            {"type": "response.completed", "response": data},
+        ]
+        return await self._sse(request, events)
 
     async def _create_conversation(self, request: web.Request) -> web.StreamResponse:
         _, early = await self._begin(request)
@@ -335,6 +380,28 @@ class FakeOpenAI:
         answer = _echo(users[-1], users[:-1])
         prompt = sum(len(str(m.get("content", "")).split()) for m in messages)
         completion = len(answer.split())
+        usage = {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        }
+        if body.get("stream"):
+            base = {"id": "chatcmpl-s", "object": "chat.completion.chunk", "model": body["model"]}
+            pieces = [word + " " for word in answer.split(" ")]
+            pieces[-1] = pieces[-1][:-1]
+            chunks: list[Any] = [
+                {**base, "choices": [{"index": 0, "delta": {"role": "assistant"}}]}
+            ]
+            chunks += [
+                {**base, "choices": [{"index": 0, "delta": {"content": p}, "finish_reason": None}]}
+                for p in pieces
+            ]
+            chunks.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+            options = body.get("stream_options") or {}
+            if options.get("include_usage"):
+                chunks.append({**base, "choices": [], "usage": usage})
+            chunks.append("[DONE]")
+            return await self._sse(request, chunks)
         return web.json_response(
             {
                 "id": f"chatcmpl-{next(self._ids)}",

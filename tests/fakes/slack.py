@@ -19,7 +19,10 @@ Usage::
 Web API (``POST {api_url}<method>``): arguments are read from the query string, a form
 body or a JSON body, as Slack does. The token comes from ``Authorization: Bearer`` (or a
 ``token`` argument). Methods answer like Slack: ``auth.test``, ``chat.postMessage``,
-``chat.update``, ``chat.postEphemeral``, ``reactions.add``/``reactions.remove``,
+``chat.update`` (which rewrites a message the fake holds), ``chat.startStream`` /
+``appendStream`` / ``stopStream`` (a streamed message is built in the thread as the
+calls append to it, with Slack's argument rules), ``chat.postEphemeral``,
+``reactions.add``/``reactions.remove``,
 ``conversations.replies``, ``conversations.history`` (GET, as slack_sdk sends them),
 ``assistant.threads.setStatus`` / ``setSuggestedPrompts`` / ``setTitle`` (the AI-app
 view: argument checks as Slack's, and the last status / prompts / title of each thread
@@ -158,6 +161,8 @@ class FakeSlack:
         self.statuses: dict[tuple[str, str], str] = {}
         self.prompts: dict[tuple[str, str], list[dict[str, str]]] = {}
         self.titles: dict[tuple[str, str], str] = {}
+        #: (channel, ts) of the messages still streaming (chat.startStream, not stopped).
+        self.streaming: set[tuple[str, str]] = set()
         self._failures: dict[str, list[Failure]] = {}
         self._lost: dict[str, int] = {}
         self._sockets: list[web.WebSocketResponse] = []
@@ -386,7 +391,96 @@ class FakeSlack:
     def _update(self, args: dict[str, Any]) -> dict[str, Any]:
         if not args.get("channel") or not args.get("ts"):
             return {"ok": False, "error": "message_not_found"}
+        stored = self._find(args["channel"], args["ts"])
+        if stored is not None:  # a message the fake knows: Slack shows the new text
+            markdown = args.get("markdown_text")
+            if markdown is not None and (args.get("text") or args.get("blocks")):
+                return {"ok": False, "error": "markdown_text_conflict"}
+            if markdown is not None and len(markdown) > MARKDOWN_TEXT_LIMIT:
+                return {"ok": False, "error": "markdown_text_too_long"}
+            stored["text"] = markdown or args.get("text") or stored["text"]
+            metadata = _metadata(args.get("metadata"))
+            if metadata is not None:
+                stored["metadata"] = metadata
+            stored["edited"] = {"user": self.bot_user_id, "ts": self._next_ts()}
         return {"ok": True, "channel": args["channel"], "ts": args["ts"]}
+
+    def _find(self, channel: str, ts: str) -> dict[str, Any] | None:
+        return next((m for m in self.messages.get(channel, []) if m["ts"] == ts), None)
+
+    # chat.startStream / appendStream / stopStream (docs.slack.dev/reference/methods):
+    # a streamed message is a thread reply; in a channel Slack wants the recipient
+    # (recipient_team_id and recipient_user_id); every call carries the token (the
+    # fake's auth check); appendStream and stopStream take the stream's ts and append
+    # their markdown_text; after stopStream the message is no longer streaming.
+
+    def _start_stream(self, args: dict[str, Any]) -> dict[str, Any]:
+        channel, thread = args.get("channel"), args.get("thread_ts")
+        if not channel:
+            return {"ok": False, "error": "channel_not_found"}
+        if not thread:
+            return {"ok": False, "error": "invalid_arguments"}
+        if channel[0] in "CG":
+            if not args.get("recipient_team_id"):
+                return {"ok": False, "error": "missing_recipient_team_id"}
+            if not args.get("recipient_user_id"):
+                return {"ok": False, "error": "missing_recipient_user_id"}
+        markdown = args.get("markdown_text") or ""
+        if len(markdown) > MARKDOWN_TEXT_LIMIT:
+            return {"ok": False, "error": "markdown_text_too_long"}
+        ts = self._next_ts()
+        message = {
+            "type": "message",
+            "user": self.bot_user_id,
+            "bot_id": self.bot_id,
+            "ts": ts,
+            "thread_ts": thread,
+            "text": markdown,
+        }
+        if (channel, thread) in self.statuses:
+            self.statuses[(channel, thread)] = ""
+        self.messages.setdefault(channel, []).append(message)
+        self.streaming.add((channel, ts))
+        return {"ok": True, "channel": channel, "ts": ts}
+
+    def _streamed(self, args: dict[str, Any]) -> dict[str, Any] | str:
+        """The streaming message ``args`` name, or the error."""
+        channel, ts = args.get("channel"), args.get("ts")
+        if not channel or not ts:
+            return "invalid_arguments"
+        stored = self._find(channel, ts)
+        if stored is None:
+            return "message_not_found"
+        if (channel, ts) not in self.streaming:
+            return "message_not_in_streaming_state"
+        markdown = args.get("markdown_text") or ""
+        if len(markdown) > MARKDOWN_TEXT_LIMIT:
+            return "markdown_text_too_long"
+        if len(stored["text"]) + len(markdown) > MARKDOWN_TEXT_LIMIT:
+            return "msg_too_long"
+        return stored
+
+    def _append_stream(self, args: dict[str, Any]) -> dict[str, Any]:
+        stored = self._streamed(args)
+        if isinstance(stored, str):
+            return {"ok": False, "error": stored}
+        if not args.get("markdown_text"):
+            return {"ok": False, "error": "no_text"}
+        stored["text"] += args["markdown_text"]
+        return {"ok": True, "channel": args["channel"], "ts": args["ts"]}
+
+    def _stop_stream(self, args: dict[str, Any]) -> dict[str, Any]:
+        stored = self._streamed(args)
+        if isinstance(stored, str):
+            return {"ok": False, "error": stored}
+        metadata = _metadata(args.get("metadata"))
+        if args.get("metadata") is not None and metadata is None:
+            return {"ok": False, "error": "invalid_metadata_format"}
+        stored["text"] += args.get("markdown_text") or ""
+        if metadata is not None:
+            stored["metadata"] = metadata
+        self.streaming.discard((args["channel"], args["ts"]))
+        return {"ok": True, "channel": args["channel"], "ts": args["ts"], "message": stored}
 
     def _reaction(self, args: dict[str, Any]) -> dict[str, Any]:
         if not (args.get("channel") and args.get("timestamp") and args.get("name")):
@@ -774,6 +868,22 @@ def _window(messages: list[dict[str, Any]], args: dict[str, Any]) -> list[dict[s
     return [m for m in messages if inside(m)]
 
 
+def _metadata(value: Any) -> dict[str, Any] | None:
+    """Message metadata given as an object or a JSON string, if well-formed."""
+    if isinstance(value, str):
+        try:
+            value = jsonlib.loads(value)
+        except ValueError:
+            return None
+    if (
+        isinstance(value, dict)
+        and isinstance(value.get("event_type"), str)
+        and isinstance(value.get("event_payload"), dict)
+    ):
+        return value
+    return None
+
+
 def _error(error: str) -> web.Response:
     return web.json_response({"ok": False, "error": error})
 
@@ -783,6 +893,9 @@ _METHODS = {
     "chat.postMessage": FakeSlack._post_message,
     "chat.postEphemeral": FakeSlack._post_ephemeral,
     "chat.update": FakeSlack._update,
+    "chat.startStream": FakeSlack._start_stream,
+    "chat.appendStream": FakeSlack._append_stream,
+    "chat.stopStream": FakeSlack._stop_stream,
     "reactions.add": FakeSlack._reaction,
     "reactions.remove": FakeSlack._reaction,
     "conversations.replies": FakeSlack._replies,

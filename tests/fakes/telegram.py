@@ -166,6 +166,8 @@ class FakeTelegram:
         self.webhook: dict[str, Any] | None = None
         #: Every update the bot answered on its webhook: (update_id, HTTP status).
         self.webhook_results: list[tuple[int, int]] = []
+        #: (chat_id, draft_id) -> the draft text shown, until a message in the chat.
+        self.drafts: dict[tuple[int, int], str] = {}
         self.url = ""
         self._update_ids = itertools.count(1)
         self._message_ids = itertools.count(1)
@@ -433,6 +435,27 @@ class FakeTelegram:
     async def _api_sendchataction(self, params: dict[str, Any]) -> Any:
         return True
 
+    async def _api_sendmessagedraft(self, params: dict[str, Any]) -> Any:
+        """A draft: private chats only, a non-zero ``draft_id``, the text's limits as
+        sendMessage (an empty text shows Telegram's placeholder). The draft shown per
+        (chat, draft_id) is kept in ``drafts``; the next message in the chat replaces
+        every draft there (``sendMessage`` clears them), as Telegram does."""
+        chat_id, draft_id = params.get("chat_id"), params.get("draft_id")
+        if not isinstance(chat_id, int):
+            return _error(400, "Bad Request: chat not found")
+        if chat_id < 0:
+            return _error(400, "Bad Request: drafts can be sent to private chats only")
+        if isinstance(draft_id, bool) or not isinstance(draft_id, int) or draft_id == 0:
+            return _error(400, "Bad Request: invalid draft_id specified")
+        text = params.get("text") or ""
+        if not isinstance(text, str) or utf16_len(text) > 4096:
+            return _error(400, "Bad Request: text is too long")
+        problem = _entity_problem(text, params) if text and self.strict_entities else None
+        if problem is not None:
+            return _error(400, f"Bad Request: can't parse entities: {problem}")
+        self.drafts[(chat_id, draft_id)] = text
+        return True
+
     async def _api_sendmessage(self, params: dict[str, Any]) -> Any:
         text = params.get("text")
         if not isinstance(text, str) or not text.strip():
@@ -445,6 +468,8 @@ class FakeTelegram:
         chat_id = params.get("chat_id")
         if not isinstance(chat_id, int):
             return _error(400, "Bad Request: chat not found")
+        for draft in [d for d in self.drafts if d[0] == chat_id]:
+            del self.drafts[draft]  # a real message replaces the chat's draft
         message: dict[str, Any] = {
             "message_id": next(self._message_ids) + 100000,
             "date": int(time.time()),

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from bridge.chat import LIVE_REF
 from bridge.model import ConversationKey, Finished, MessageStatus, Usage
 from storage import Store
 from tests.storage.conftest import Database
@@ -274,3 +275,21 @@ async def test_a_cancelled_message_is_never_asked_again_but_an_answer_is_deliver
     assert await store.cancel("telegram", "b1") is None  # its answer goes out
     assert not await store.save_answer(waiting, "i1", "late", error_kind=None)
     assert [m.event_id for m in await store.unfinished()] == ["b1"]
+
+
+async def test_a_live_answers_reference_is_kept_with_the_message_while_the_lease_holds(
+    store: Store, db: Database
+) -> None:
+    msg = await store.accept(incoming("a1", key=A, meta={"chat_id": 7}))
+    assert msg is not None
+    await register(store, "i1")
+    await register(store, "i2")
+    await claim(store, "i1")
+    assert not await store.note_live(msg, "i1", "ts-1")  # still pending: nothing shown yet
+    assert await store.mark_running(msg, "i1")
+    assert await store.note_live(msg, "i1", "ts-1")
+    assert not await store.note_live(msg, "i2", "ts-2")  # not its lease
+    got = await store.next_message(msg.conversation_id, "i1")
+    assert got is not None
+    # Merged into the adapter's metadata, which stays as it was.
+    assert got.meta == {"chat_id": 7, LIVE_REF: "ts-1"}
