@@ -33,22 +33,17 @@ its write lock serializes them (one process).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, case, exists, func, literal_column, or_, select, text, update
+from sqlalchemy import case, exists, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
-from sqlalchemy.sql.elements import ColumnElement
 
 from bridge.chat import LIVE_REF
 from bridge.errors import StorageError
 from bridge.model import (
-    ConversationKey,
     Finished,
     InboxMessage,
     IncomingMessage,
@@ -56,20 +51,20 @@ from bridge.model import (
     Usage,
 )
 from storage.conversations import Conversations, turn_update
-from storage.database import _DB_ERRORS, _now
+from storage.database import _now
+from storage.queue_views import QueueStats, QueueViews
+from storage.rows import (
+    FINISHED,
+    KEY_COLUMNS,
+    UNFINISHED,
+    UNFINISHED_VALUES,
+    inbox_message,
+    unfinished_condition,
+)
 from storage.schema import conversations, instances, messages
+from storage.wakeup import WORK_CHANNEL, Wakeup
 
 log = logging.getLogger("storage")
-
-UNFINISHED = (MessageStatus.PENDING, MessageStatus.RUNNING, MessageStatus.ANSWERED)
-FINISHED = (MessageStatus.DONE, MessageStatus.FAILED)
-_UNFINISHED = [s.value for s in UNFINISHED]
-_FINISHED = [s.value for s in FINISHED]
-
-_LISTEN_ERRORS: tuple[type[BaseException], ...] = (StorageError, *_DB_ERRORS)
-
-#: The PostgreSQL NOTIFY channel that says "there may be work to claim".
-WORK_CHANNEL = "agent_bridge_work"
 
 
 class _Duplicate(Exception):
@@ -89,16 +84,7 @@ class Claim:
     taken_from: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class QueueStats:
-    """What `/healthz` and the gauges report, across all instances."""
-
-    unfinished: int
-    oldest_created_at: datetime | None
-    parked: int
-
-
-class Queue(Conversations):
+class Queue(Conversations, Wakeup, QueueViews):
     """The inbox half of the store."""
 
     # --- accepting -------------------------------------------------------------------
@@ -193,7 +179,7 @@ class Queue(Conversations):
         first = messages.alias("earlier")
         oldest = (
             select(func.min(first.c.id))
-            .where(first.c.conversation_id == m.conversation_id, _unfinished(first))
+            .where(first.c.conversation_id == m.conversation_id, unfinished_condition(first))
             .scalar_subquery()
         )
         candidates = (
@@ -201,7 +187,7 @@ class Queue(Conversations):
             .select_from(messages)
             .join(conversations, c.id == m.conversation_id)
             .where(
-                _unfinished(messages),
+                unfinished_condition(messages),
                 m.id == oldest,
                 c.platform.in_(list(platforms)),
                 or_(c.not_before.is_(None), c.not_before <= self._now()),
@@ -234,11 +220,11 @@ class Queue(Conversations):
         lease; None when there is none (or the lease is gone)."""
         m = messages.c
         query = (
-            select(messages, *_KEY_COLUMNS)
+            select(messages, *KEY_COLUMNS)
             .join(conversations, conversations.c.id == m.conversation_id)
             .where(
                 m.conversation_id == conversation_id,
-                m.status.in_(_UNFINISHED),
+                m.status.in_(UNFINISHED_VALUES),
                 conversations.c.lease_owner == owner,
             )
             .order_by(m.id)
@@ -246,7 +232,7 @@ class Queue(Conversations):
         )
         async with self._read("find the next message") as conn:
             row = (await conn.execute(query)).first()
-        return _inbox_message(row) if row is not None else None
+        return inbox_message(row) if row is not None else None
 
     async def release(self, conversation_id: int, owner: str) -> bool:
         """Give the lease back; return whether the conversation has unfinished
@@ -413,105 +399,6 @@ class Queue(Conversations):
             row = (await conn.execute(statement)).first()
         return int(row.id) if row is not None else None
 
-    # --- looking at the queue --------------------------------------------------------
-
-    async def unfinished(self) -> list[InboxMessage]:
-        """Messages pending, running or answered, oldest first."""
-        query = (
-            select(messages, *_KEY_COLUMNS)
-            .join(conversations, conversations.c.id == messages.c.conversation_id)
-            .where(messages.c.status.in_(_UNFINISHED))
-            .order_by(messages.c.id)
-        )
-        async with self._read("list unfinished messages") as conn:
-            rows = (await conn.execute(query)).all()
-        return [_inbox_message(row) for row in rows]
-
-    async def count_unfinished(self, *, conversation_ids: Sequence[int] | None = None) -> int:
-        query = select(func.count()).select_from(messages).where(messages.c.status.in_(_UNFINISHED))
-        if conversation_ids is not None:
-            query = query.where(messages.c.conversation_id.in_(list(conversation_ids)))
-        async with self._read("count unfinished messages") as conn:
-            return int((await conn.execute(query)).scalar_one())
-
-    async def stats(self) -> QueueStats:
-        """Unfinished messages, the oldest one's arrival, parked replies."""
-        m = messages.c
-        c = conversations.c
-        summary = select(func.count(), func.min(m.created_at)).where(m.status.in_(_UNFINISHED))
-        parked = (
-            select(func.count())
-            .select_from(conversations)
-            .where(c.not_before.is_not(None), c.not_before > self._now())
-        )
-        async with self._read("read the queue's state") as conn:
-            count, oldest = (await conn.execute(summary)).one()
-            parked_count = (await conn.execute(parked)).scalar_one()
-        return QueueStats(int(count), oldest, int(parked_count))
-
-    async def purge_text(self, older_than_days: float) -> int:
-        """Erase the text, reply and metadata of messages finished more than
-        ``older_than_days`` ago; return how many were erased. The metadata goes
-        too: it may hold other people's words (``meta["context"]``, the thread an
-        adapter quoted to the agent) and names."""
-        cutoff = _now() - timedelta(days=older_than_days)
-        statement = (
-            update(messages)
-            .where(
-                messages.c.status.in_(_FINISHED),
-                messages.c.updated_at < cutoff,
-                or_(messages.c.text != "", messages.c.reply_text.is_not(None)),
-            )
-            .values(text="", reply_text=None, meta={})
-        )
-        async with self._write("erase old message text") as conn:
-            return int((await conn.execute(statement)).rowcount)
-
-    # --- waking other instances ------------------------------------------------------
-
-    @contextlib.asynccontextmanager
-    async def listen(self, wake: Callable[[], None]) -> AsyncIterator[None]:
-        """While open, call ``wake()`` whenever another instance says there is
-        work (PostgreSQL ``LISTEN``; reconnects after a drop, calling ``wake()``
-        then too, since notifications may have been missed). A no-op on SQLite."""
-        if self.dialect != "postgresql":
-            yield
-            return
-        task = asyncio.create_task(self._listen(wake), name="store-listen")
-        try:
-            yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    async def _listen(self, wake: Callable[[], None]) -> None:
-        delay = 1.0
-        while True:
-            try:
-                engine = self._require_engine()
-                async with engine.connect() as conn:
-                    raw = await conn.get_raw_connection()
-                    driver: Any = raw.driver_connection
-                    lost = asyncio.Event()
-                    driver.add_termination_listener(lambda _conn, lost=lost: lost.set())
-                    await driver.add_listener(WORK_CHANNEL, lambda *_args: wake())
-                    delay = 1.0
-                    wake()  # what was notified while we were not listening
-                    await lost.wait()
-                    log.warning("lost the database connection that listens for work")
-            except asyncio.CancelledError:
-                raise
-            except _LISTEN_ERRORS as exc:
-                log.debug("cannot listen for work yet: %s", type(exc).__name__)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)
-
-    async def _notify(self, conn: AsyncConnection) -> None:
-        # Delivered at commit, and only if the transaction commits.
-        if self.dialect == "postgresql":
-            await conn.execute(text("SELECT pg_notify(:channel, '')"), {"channel": WORK_CHANNEL})
-
     # --- internals -------------------------------------------------------------------
 
     def _step_statement(
@@ -562,7 +449,7 @@ class Queue(Conversations):
 
     async def _has_work(self, conn: AsyncConnection, conversation_id: int) -> bool:
         query = select(messages.c.id).where(
-            messages.c.conversation_id == conversation_id, messages.c.status.in_(_UNFINISHED)
+            messages.c.conversation_id == conversation_id, messages.c.status.in_(UNFINISHED_VALUES)
         )
         return (await conn.execute(query.limit(1))).first() is not None
 
@@ -576,14 +463,6 @@ class Queue(Conversations):
 # -- helpers -------------------------------------------------------------
 
 
-def _unfinished(table: Any) -> ColumnElement[bool]:
-    """``status IN ('pending', 'running', 'answered')`` with the values written into
-    the SQL, not bound: only then can the databases prove that the partial indexes
-    of unfinished messages apply (PostgreSQL's generic plans and SQLite's planner
-    cannot see through parameters)."""
-    return table.c.status.in_([literal_column(f"'{s}'") for s in _UNFINISHED])  # type: ignore[no-any-return]
-
-
 def _finished_values(undeliverable: str | None) -> dict[str, Any]:
     if undeliverable is not None:
         return {"status": MessageStatus.FAILED.value, "error_kind": undeliverable}
@@ -595,36 +474,4 @@ def _finished_values(undeliverable: str | None) -> dict[str, Any]:
     }
 
 
-_KEY_COLUMNS = (
-    conversations.c.scope.label("conv_scope"),
-    conversations.c.chat.label("conv_chat"),
-    conversations.c.thread.label("conv_thread"),
-)
-
-
-def _inbox_message(row: Row[Any]) -> InboxMessage:
-    m = row._mapping
-    meta: Mapping[str, Any] = m["meta"] or {}
-    return InboxMessage(
-        id=m["id"],
-        conversation_id=m["conversation_id"],
-        key=ConversationKey(
-            platform=m["platform"],
-            scope=m["conv_scope"],
-            chat=m["conv_chat"],
-            thread=m["conv_thread"] or None,
-        ),
-        event_id=m["event_id"],
-        sender=m["sender"],
-        text=m["text"],
-        agent=m["agent"],
-        status=MessageStatus(m["status"]),
-        attempts=m["attempts"],
-        reply_to=m["reply_to"],
-        meta=dict(meta),
-        reply_text=m["reply_text"],
-        error_kind=m["error_kind"],
-        created_at=m["created_at"],
-        delivery_attempts=m["delivery_attempts"],
-        delivered_pieces=m["delivered_pieces"],
-    )
+__all__ = ["FINISHED", "UNFINISHED", "WORK_CHANNEL", "Claim", "Queue", "QueueStats"]
