@@ -45,6 +45,7 @@ from bridge.instance import Instance
 from bridge.metrics import Metrics
 from bridge.model import (
     AgentReply,
+    Conversation,
     Finished,
     InboxMessage,
     MessageStatus,
@@ -179,11 +180,14 @@ class Turns:
                 max_chars=self._config.max_input_chars,
             )
             return Reply(text, error_kind="input_too_long"), None
-        if not await self._store.mark_running(message, self.instance.id):
+        conversation = await self._store.start_turn(message, self.instance.id)
+        if conversation is None:
             return None, None
         self._in_flight += 1
         self.metrics.in_flight.set(self._in_flight)
-        call = asyncio.create_task(self._ask_agent(message, live), name=f"message-{message.id}")
+        call = asyncio.create_task(
+            self._ask_agent(message, conversation, live), name=f"message-{message.id}"
+        )
         self._calls[message.id] = call
         try:
             # Most answers come within a second; only a slower one gets the indicator.
@@ -205,9 +209,8 @@ class Turns:
             self.metrics.in_flight.set(self._in_flight)
 
     async def _ask_agent(
-        self, message: InboxMessage, live: LiveAnswer | None = None
+        self, message: InboxMessage, conversation: Conversation, live: LiveAnswer | None = None
     ) -> tuple[Reply, tuple[int, str | None, Usage] | None]:
-        conversation = await self._store.get_conversation_by_id(message.conversation_id)
         name = conversation.agent if conversation.agent in self._backends else message.agent
         backend = self._backends.get(name)
         if backend is None:

@@ -29,14 +29,14 @@ class Conversations(Database):
     async def get_conversation(self, key: ConversationKey) -> Conversation | None:
         async with self._read("look up a conversation") as conn:
             row = await self._select_conversation(conn, _key_filter(key))
-        return _conversation(row) if row is not None else None
+        return conversation_from_row(row) if row is not None else None
 
     async def get_conversation_by_id(self, conversation_id: int) -> Conversation:
         async with self._read("look up a conversation") as conn:
             row = await self._select_conversation(conn, conversations.c.id == conversation_id)
         if row is None:
             raise StorageError(f"conversation {conversation_id} does not exist")
-        return _conversation(row)
+        return conversation_from_row(row)
 
     async def ensure_conversation(self, key: ConversationKey, agent: str) -> Conversation:
         """Find or create the conversation for ``key``.
@@ -46,7 +46,7 @@ class Conversations(Database):
         reset, since a session id means nothing to another agent."""
         async with self._write("create a conversation") as conn:
             row = await self._find_or_create(conn, key, agent, _now())
-        return _conversation(row)
+        return conversation_from_row(row)
 
     async def record_turn(
         self, conversation_id: int, *, epoch: int, session_id: str | None, usage: Usage
@@ -65,7 +65,7 @@ class Conversations(Database):
         async with self._write("reset a conversation") as conn:
             await conn.execute(_reset(where))
             row = await self._select_conversation(conn, where)
-        return _conversation(row) if row is not None else None
+        return conversation_from_row(row) if row is not None else None
 
     async def reset_conversations(
         self,
@@ -100,7 +100,7 @@ class Conversations(Database):
             query = query.where(conversations.c.platform == platform)
         async with self._read("list conversations") as conn:
             rows = (await conn.execute(query)).all()
-        return [_conversation(row) for row in rows]
+        return [conversation_from_row(row) for row in rows]
 
     async def _select_conversation(
         self, conn: AsyncConnection, where: ColumnElement[bool]
@@ -179,7 +179,7 @@ def _reset(where: ColumnElement[bool]) -> Any:
     return update(conversations).where(where).values(session_id=None, epoch=c.epoch + 1)
 
 
-def _conversation(row: Row[Any]) -> Conversation:
+def conversation_from_row(row: Row[Any]) -> Conversation:
     m = row._mapping
     return Conversation(
         id=m["id"],

@@ -44,13 +44,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from bridge.chat import LIVE_REF
 from bridge.errors import StorageError
 from bridge.model import (
+    Conversation,
     Finished,
     InboxMessage,
     IncomingMessage,
     MessageStatus,
     Usage,
 )
-from storage.conversations import Conversations, turn_update
+from storage.conversations import Conversations, conversation_from_row, turn_update
 from storage.database import _now
 from storage.queue_views import QueueStats, QueueViews
 from storage.rows import (
@@ -252,6 +253,27 @@ class Queue(Conversations, Wakeup, QueueViews):
             status=MessageStatus.RUNNING.value,
             attempts=messages.c.attempts + 1,
         )
+
+    async def start_turn(self, message: InboxMessage, owner: str) -> Conversation | None:
+        """`mark_running`, and the conversation as it is now (its agent and session),
+        read in the same transaction: one round trip less before the agent call.
+        None if the lease is gone."""
+        statement = self._step_statement(
+            message,
+            owner,
+            (MessageStatus.PENDING, MessageStatus.RUNNING),
+            status=MessageStatus.RUNNING.value,
+            attempts=messages.c.attempts + 1,
+        )
+        async with self._write("start a turn") as conn:
+            if (await conn.execute(statement)).rowcount != 1:
+                return None
+            row = await self._select_conversation(
+                conn, conversations.c.id == message.conversation_id
+            )
+        if row is None:  # pragma: no cover - the message's foreign key keeps it
+            raise StorageError(f"conversation {message.conversation_id} does not exist")
+        return conversation_from_row(row)
 
     async def save_answer(
         self,

@@ -293,3 +293,23 @@ async def test_a_live_answers_reference_is_kept_with_the_message_while_the_lease
     assert got is not None
     # Merged into the adapter's metadata, which stays as it was.
     assert got.meta == {"chat_id": 7, LIVE_REF: "ts-1"}
+
+
+async def test_starting_a_turn_marks_it_running_and_reads_the_conversation_at_once(
+    store: Store,
+) -> None:
+    msg = await store.accept(incoming("a1", key=A))
+    assert msg is not None
+    await register(store, "i1")
+    await register(store, "i2")
+    await claim(store, "i1")
+    assert await store.start_turn(msg, "i2") is None  # not its lease: nothing moves
+    conversation = await store.start_turn(msg, "i1")
+    assert conversation is not None
+    assert (conversation.id, conversation.agent, conversation.session_id) == (
+        msg.conversation_id,
+        "default",
+        None,
+    )
+    [running] = await store.unfinished()
+    assert (running.status, running.attempts) == (MessageStatus.RUNNING, 1)
