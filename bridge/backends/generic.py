@@ -18,6 +18,19 @@ stores it with the server's id as ``t<32 hex>:<server id>``; the
 Turn context. ``{user_id}`` and ``{user_name}`` come from the optional
 ``context`` of `chat()` (empty until the dispatcher passes one).
 
+Streaming. With ``reply_format = "sse"`` and ``stream = true``, `stream()` sends
+the same request and reads the event stream as it comes: each JSON event is
+looked at alone, as ``{"events": [event]}``; ``error_code_path`` on it raises the
+mapped error at once (after the deltas already yielded), and ``answer_path`` on
+it is the event's `TextDelta` (Dify's path joins the ``message``/``agent_message``
+chunks, so one event gives its own chunk). The final reply is read from all the
+events together, exactly as `chat()` reads the whole body: the same text,
+session and usage. Without ``reply_format = "sse"`` nothing streams.
+
+Each turn's state (the thread id made when the request is built, needed again
+when the reply is read) is a `_Call` passed from one step to the next, never
+stored on the backend: one backend serves many threads at once.
+
 Example::
 
     backend = GenericHttpBackend("dify", config, messages=messages, client=client)
@@ -30,12 +43,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import contextvars
 import json
 import logging
 import re
 import time
 import uuid
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,11 +61,13 @@ from bridge.backends.base import (
     HttpAgentBackend,
     ReplyFormatError,
     Sleep,
+    StreamItem,
     body_excerpt,
     require_text,
     retry_delay,
 )
 from bridge.backends.presets import SESSION_HINTS
+from bridge.backends.sse import SseEvent
 from bridge.config import HttpAgentConfig, MessagesConfig
 from bridge.config.agent_http import TURN_PLACEHOLDERS, expand_url, render
 from bridge.errors import (
@@ -64,6 +79,7 @@ from bridge.errors import (
     AgentUnavailable,
 )
 from bridge.model import AgentReply, TurnContext, Usage
+from bridge.stream import AgentEvent, TextDelta
 
 log = logging.getLogger("bridge.backends")
 
@@ -84,16 +100,11 @@ _KINDS: dict[str, type[AgentError]] = {
 
 @dataclass(slots=True)
 class _Call:
-    """The state of one `chat()` call, shared by build_request and parse_reply."""
+    """The state of one turn (`chat()` or `stream()`), from building its request to
+    reading its reply: who asks, and the thread id the request was built with."""
 
     context: TurnContext
     thread: str = ""
-
-
-# Per call, not per backend: one backend serves many threads at once.
-_CALL: contextvars.ContextVar[_Call | None] = contextvars.ContextVar(
-    "http_agent_call", default=None
-)
 
 
 def split_session(session_id: str | None) -> tuple[str | None, str | None]:
@@ -130,6 +141,8 @@ class GenericHttpBackend(HttpAgentBackend[HttpAgentConfig]):
         used = config.body_placeholders()
         self._thread_in_session = config.session == "server" and "conversation" in used
         self._warned_session = False
+        # Only an event stream can be passed on as it comes.
+        self.can_stream = config.reply_format == "sse"
 
     def __repr__(self) -> str:
         return f"GenericHttpBackend(name={self.name!r}, preset={self.config.preset!r})"
@@ -144,24 +157,73 @@ class GenericHttpBackend(HttpAgentBackend[HttpAgentConfig]):
     async def chat(
         self, message: str, session_id: str | None, *, context: TurnContext | None = None
     ) -> AgentReply:
-        token = _CALL.set(_Call(context or TurnContext()))
-        try:
-            return await super().chat(message, session_id, context=context)
-        finally:
-            _CALL.reset(token)
+        call = _Call(context or TurnContext())
+        request = self._build_request(message, session_id, call)
+        log.debug("agent %s: sending %r (session %s)", self.name, message, session_id)
+        reply = await self.call(
+            request,
+            lambda data: self._parse_reply(data, session_id, call),
+            sent_session_id=session_id,
+        )
+        log.debug("agent %s: reply %r (session %s)", self.name, reply.text, reply.session_id)
+        return reply
 
-    def _call(self) -> _Call:
-        call = _CALL.get()
-        if call is None:  # build_request called on its own (tests, check)
-            call = _Call(TurnContext())
-            _CALL.set(call)
-        return call
+    # --- streaming ----------------------------------------------------------------------
+
+    #: The stream has no final event of its own: it is complete when the body ends.
+    stream_needs_end = False
+
+    async def stream(
+        self, message: str, session_id: str | None, *, context: TurnContext | None = None
+    ) -> AsyncGenerator[AgentEvent, None]:
+        if not self.streams:
+            async for event in super().stream(message, session_id, context=context):
+                yield event
+            return
+        call = _Call(context or TurnContext())
+        request = self._build_request(message, session_id, call)
+        log.debug("agent %s: streaming %r (session %s)", self.name, message, session_id)
+        seen: list[Any] = []  # this stream's JSON events so far, for the final reply
+        events = self.stream_call(
+            request,
+            sent_session_id=session_id,
+            parse=lambda event: self._parse_event(event, session_id, seen),
+            finish=lambda _text, _end: self._parse_reply({"events": seen}, session_id, call),
+        )
+        async for event in self.with_fallback(events, message, session_id, context):
+            yield event
+
+    def stream_request(self, message: str, session_id: str | None) -> AgentRequest:
+        # The same request: an SSE agent always answers with the event stream.
+        return self.build_request(message, session_id)
+
+    def parse_event(self, event: SseEvent, sent_session_id: str | None) -> Sequence[StreamItem]:
+        return self._parse_event(event, sent_session_id, [])
+
+    def _parse_event(
+        self, event: SseEvent, sent_session_id: str | None, seen: list[Any]
+    ) -> list[StreamItem]:
+        try:
+            data = event.json()
+        except ValueError:
+            return []  # not JSON ("[DONE]" and the like): skipped, as `parse_sse` does
+        seen.append(data)
+        alone = {"events": [data]}
+        code = self._search("error_code_path", alone)
+        mapped = self._mapped_error(None, code, sent_session_id)
+        if mapped is not None:
+            raise mapped  # Dify's error event, after the chunks already passed on
+        answer = self._search("answer_path", alone)
+        return [TextDelta(answer)] if isinstance(answer, str) and answer else []
 
     # --- the request --------------------------------------------------------------------
 
-    def turn_values(self, message: str, session_id: str | None) -> dict[str, str]:
-        """What each placeholder stands for in this turn."""
-        call = self._call()
+    def turn_values(
+        self, message: str, session_id: str | None, call: _Call | None = None
+    ) -> dict[str, str]:
+        """What each placeholder stands for in this turn (``call`` keeps the thread
+        id made here for reading the reply; none: a turn of its own)."""
+        call = call if call is not None else _Call(TurnContext())
         config = self.config
         if config.session == "client":
             own = session_id or call.thread or str(uuid.uuid4())
@@ -183,7 +245,10 @@ class GenericHttpBackend(HttpAgentBackend[HttpAgentConfig]):
         }
 
     def build_request(self, message: str, session_id: str | None) -> AgentRequest:
-        values = self.turn_values(message, session_id)
+        return self._build_request(message, session_id, _Call(TurnContext()))
+
+    def _build_request(self, message: str, session_id: str | None, call: _Call) -> AgentRequest:
+        values = self.turn_values(message, session_id, call)
         config = self.config
         url = expand_url(
             config.url,
@@ -216,6 +281,9 @@ class GenericHttpBackend(HttpAgentBackend[HttpAgentConfig]):
         return response.json()
 
     def parse_reply(self, data: Any, sent_session_id: str | None) -> AgentReply:
+        return self._parse_reply(data, sent_session_id, _Call(TurnContext()))
+
+    def _parse_reply(self, data: Any, sent_session_id: str | None, call: _Call) -> AgentReply:
         config = self.config
         mapped = self._mapped_error(None, self._search("error_code_path", data), sent_session_id)
         if mapped is not None:
@@ -227,7 +295,7 @@ class GenericHttpBackend(HttpAgentBackend[HttpAgentConfig]):
         text = require_text(answer, f"answer at answer_path {config.answer_path!r}")
         return AgentReply(
             text=text,
-            session_id=self._reply_session(data, sent_session_id),
+            session_id=self._reply_session(data, sent_session_id, call),
             usage=_usage(self._search("usage_path", data)),
         )
 
@@ -240,11 +308,10 @@ class GenericHttpBackend(HttpAgentBackend[HttpAgentConfig]):
         except JMESPathError as exc:  # e.g. join() over something that is not text
             raise ReplyFormatError(f"{key}: {exc}") from exc
 
-    def _reply_session(self, data: Any, sent_session_id: str | None) -> str | None:
+    def _reply_session(self, data: Any, sent_session_id: str | None, call: _Call) -> str | None:
         config = self.config
         named = self._search("session_path", data)
         named = str(named) if isinstance(named, str | int) and str(named) else None
-        call = self._call()
         if config.session == "client":
             own = call.thread or sent_session_id
             if named is not None and own is not None and named != own:

@@ -9,10 +9,11 @@ docs/bridging-http.md for what was checked).
 
 - **dify** ``POST {base}/chat-messages`` (the base may end in ``/v1`` or not),
   Bearer app key. Agent apps refuse ``response_mode: "blocking"``, so the reply
-  is always streamed (SSE) and read whole: ``message``/``agent_message`` events
-  carry ``answer`` chunks, ``message_end`` the usage, ``error`` a code. The
-  conversation id is the server's (empty starts one). A conversation belongs to
-  the ``user`` that started it, so ``user`` is the thread (``{conversation}``),
+  is always streamed (SSE): read whole, or with ``stream = true`` passed on as it
+  comes (`GenericHttpBackend.stream`). ``message``/``agent_message`` events carry
+  ``answer`` chunks, ``message_end`` the usage, ``error`` a code (``ping``s carry no
+  data). The conversation id is the server's (empty starts one). A conversation
+  belongs to the ``user`` that started it, so ``user`` is the thread (``{conversation}``),
   not the speaker, or a group thread breaks when the speaker changes. 404
   "Conversation Not Exists" is a gone conversation; ``provider_quota_exceeded``
   (400, or an ``error`` event) is out of credit. Probe: ``GET /parameters``

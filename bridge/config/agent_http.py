@@ -159,7 +159,8 @@ class HttpAgentConfig(AgentBase):
     #: The JSON body: a template whose strings may hold the turn's placeholders.
     body: dict[str, Any] = Field(default_factory=dict)
     #: json: the reply is one JSON document; sse: a stream of ``data:`` JSON lines,
-    #: read whole and given to the paths as ``{"events": [...]}``.
+    #: given to the paths as ``{"events": [...]}`` (read whole, or passed on event by
+    #: event with ``stream = true``: see `bridge.backends.generic`).
     reply_format: Literal["json", "sse"] = "json"
     #: client: the bridge makes one id per chat thread and sends it every turn;
     #: server: the agent names it (``session_path``), ``first_session`` starts one.

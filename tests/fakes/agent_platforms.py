@@ -24,7 +24,10 @@ Endpoints (``fake.url`` is the base of all four):
   ``{answer, conversation_id, metadata}``, or 400 ``app_unavailable`` when
   ``dify_agent_app`` is set (agent apps refuse it). ``dify_quota = "status"``: 400
   ``provider_quota_exceeded``; ``"stream"``: the same as an ``error`` event in a 200
-  stream. Probe: ``GET /v1/parameters``.
+  stream, after ``dify_error_after`` chunks of the answer (0: before any). Pacing:
+  when ``dify_hold`` is an `asyncio.Event`, the stream stops after its first data
+  event (a chunk, or the error event) until the test sets it; ``dify_streamed`` is
+  set once a stream was written whole. Probe: ``GET /v1/parameters``.
 - **Flowise** ``POST /api/v1/prediction/{chatflow_id}`` (Bearer ``FLOWISE_KEY`` when
   ``flowise_key`` is set): ``{question, overrideConfig: {sessionId}}``, answer ``{text,
   sessionId, chatId, ...}``. With ``flowise_override = False`` (Flowise's default
@@ -46,6 +49,7 @@ queues raw answers for the next chat calls (any platform), first in, first out.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import itertools
@@ -150,6 +154,12 @@ class FakePlatforms:
         self.expired: set[str] = set()
         self.dify_agent_app = True
         self.dify_quota: Literal["", "status", "stream"] = ""
+        #: With ``dify_quota = "stream"``: the answer chunks sent before the error event.
+        self.dify_error_after = 0
+        #: Set by the test to let a held stream go on past its first chunk.
+        self.dify_hold: asyncio.Event | None = None
+        #: Set when a stream was written to its end (the last event sent).
+        self.dify_streamed = asyncio.Event()
         self.flowise_key: str | None = FLOWISE_KEY
         self.flowise_override = True
         self.n8n_auth: Literal["none", "basic", "header"] = "basic"
@@ -298,6 +308,21 @@ class FakePlatforms:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         await response.write(b"event: ping\n\n")
+        # The answer in word-sized chunks, as an agent app streams it.
+        pieces = answer.split(" ")
+        for i, piece in enumerate(pieces):
+            if self.dify_quota == "stream" and i == self.dify_error_after:
+                break
+            chunk = piece if i == len(pieces) - 1 else piece + " "
+            event = {
+                "event": "agent_message",
+                "conversation_id": conversation,
+                "message_id": message_id,
+                "answer": chunk,
+            }
+            await response.write(f"data: {jsonlib.dumps(event)}\n\n".encode())
+            if i == 0 and self.dify_hold is not None:
+                await self.dify_hold.wait()
         if self.dify_quota == "stream":
             event = {
                 "event": "error",
@@ -307,19 +332,11 @@ class FakePlatforms:
                 "message": "Your quota for Dify Hosted Model Provider has been exhausted.",
             }
             await response.write(f"data: {jsonlib.dumps(event)}\n\n".encode())
+            if self.dify_error_after == 0 and self.dify_hold is not None:
+                await self.dify_hold.wait()
             await response.write_eof()
+            self.dify_streamed.set()
             return response
-        # The answer in word-sized chunks, as an agent app streams it.
-        pieces = answer.split(" ")
-        for i, piece in enumerate(pieces):
-            chunk = piece if i == len(pieces) - 1 else piece + " "
-            event = {
-                "event": "agent_message",
-                "conversation_id": conversation,
-                "message_id": message_id,
-                "answer": chunk,
-            }
-            await response.write(f"data: {jsonlib.dumps(event)}\n\n".encode())
         thought = {"event": "agent_thought", "conversation_id": conversation, "thought": "hmm"}
         await response.write(f"data: {jsonlib.dumps(thought)}\n\n".encode())
         end = {
@@ -330,6 +347,7 @@ class FakePlatforms:
         }
         await response.write(f"data: {jsonlib.dumps(end)}\n\n".encode())
         await response.write_eof()
+        self.dify_streamed.set()
         return response
 
     async def _dify_parameters(self, request: web.Request) -> web.StreamResponse:
