@@ -61,7 +61,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from pydantic import BaseModel
 
 from bridge import __version__
-from bridge.backends.base import HttpAgentBackend
+from bridge.backends.http import HttpAgentBackend
 from bridge.checks import config_warnings
 from bridge.config import Config, load_config
 from bridge.errors import (

@@ -13,9 +13,10 @@ from collections.abc import Mapping
 
 import httpx
 
-from bridge.backends.base import AgentBackend, AgentRequest, HttpAgentBackend, create_http_client
+from bridge.backends.base import AgentBackend, AgentRequest, create_http_client
 from bridge.backends.echo import EchoBackend
 from bridge.backends.generic import GenericHttpBackend
+from bridge.backends.http import HttpAgentBackend
 from bridge.backends.openai_api import OpenAIBackend
 from bridge.backends.peaka import PeakaBackend
 from bridge.backends.thinnest import ThinnestBackend

@@ -58,7 +58,6 @@ from jmespath.exceptions import JMESPathError
 from bridge.backends.base import (
     BACKOFF_BASE,
     AgentRequest,
-    HttpAgentBackend,
     ReplyFormatError,
     Sleep,
     StreamItem,
@@ -66,6 +65,7 @@ from bridge.backends.base import (
     require_text,
     retry_delay,
 )
+from bridge.backends.http import HttpAgentBackend
 from bridge.backends.presets import SESSION_HINTS
 from bridge.backends.sse import SseEvent
 from bridge.config import HttpAgentConfig, MessagesConfig

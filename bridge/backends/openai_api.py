@@ -64,7 +64,6 @@ import httpx
 from bridge.backends.base import (
     BACKOFF_BASE,
     AgentRequest,
-    HttpAgentBackend,
     ReplyFormatError,
     Sleep,
     StreamEnd,
@@ -72,6 +71,7 @@ from bridge.backends.base import (
     body_excerpt,
     require_text,
 )
+from bridge.backends.http import HttpAgentBackend
 from bridge.backends.sse import SseEvent
 from bridge.config import MessagesConfig, OpenAIAgentConfig
 from bridge.errors import (

@@ -43,11 +43,11 @@ import httpx
 
 from bridge.backends.base import (
     AgentRequest,
-    HttpAgentBackend,
     ReplyFormatError,
     StreamEnd,
     StreamItem,
 )
+from bridge.backends.http import HttpAgentBackend
 from bridge.backends.sse import SseEvent
 from bridge.config import PeakaAgentConfig
 from bridge.errors import AgentInsufficientBalance, AgentUnavailable

@@ -28,12 +28,12 @@ import httpx
 
 from bridge.backends.base import (
     AgentRequest,
-    HttpAgentBackend,
     ReplyFormatError,
     StreamEnd,
     StreamItem,
     require_text,
 )
+from bridge.backends.http import HttpAgentBackend
 from bridge.backends.sse import SseEvent
 from bridge.config import ThinnestAgentConfig
 from bridge.errors import AgentError, AgentInsufficientBalance, AgentUnavailable

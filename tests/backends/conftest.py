@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from bridge.backends import PeakaBackend, ThinnestBackend, create_http_client
-from bridge.backends.base import HttpAgentBackend
+from bridge.backends.http import HttpAgentBackend
 from bridge.config import MessagesConfig
 from tests.fakes.agents import FAKE_API_KEY, FakeAgentServer, peaka_config, thinnest_config
 
