@@ -424,8 +424,12 @@ async def _read_stream(
             await pump.finish()
     finally:
         if pump is not None:
-            pump.cancel()
+            await pump.settle()
     return result
+
+
+#: Seconds a stopping live view waits for the update in progress.
+SETTLE_TIMEOUT = 10.0
 
 
 class _Pump:
@@ -438,6 +442,8 @@ class _Pump:
         self._text = ""
         self._shown = ""
         self._closing = False
+        self._stopped = False
+        self._showing = False
         self._changed = asyncio.Event()
         self._task = asyncio.create_task(self._run(), name="live-answer")
 
@@ -457,14 +463,24 @@ class _Pump:
         self._changed.set()
         await self._task
 
-    def cancel(self) -> None:
+    async def settle(self) -> None:
+        """Stop: let a show in progress end (the adapter must learn what it started,
+        e.g. a streamed message's ts, or it would post a second copy), start none."""
+        self._stopped = True
+        self._changed.set()
+        if self._showing and not self._task.done():
+            await asyncio.wait({self._task}, timeout=SETTLE_TIMEOUT)
         self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         due = 0.0
-        while not (self._closing and self._text == self._shown):
+        while not self._stopped and not (self._closing and self._text == self._shown):
             await self._changed.wait()
+            if self._stopped:
+                break
             self._changed.clear()
             if self._text == self._shown:
                 continue
@@ -473,10 +489,13 @@ class _Pump:
                 await asyncio.sleep(wait)  # the pump's own pace; the stream goes on
             text = self._text
             due = loop.time() + stream.LIVE_INTERVAL
+            self._showing = True
             try:
                 await self._live.show(text)
             except Exception:
                 log.debug("a live answer's update failed", exc_info=True)
+            finally:
+                self._showing = False
             self._shown = text
 
 

@@ -97,7 +97,7 @@ async def test_purge_text_deletes_history_older_than_the_retention(
     if db.backend == "sqlite":  # stored naive UTC, see storage.schema.UTCDateTime
         await db.execute(
             "UPDATE history SET created_at = :old WHERE user_text = 'old'",
-            old=old.replace(tzinfo=None),
+            old=old.replace(tzinfo=None).isoformat(" "),  # as SQLAlchemy stores it
         )
     else:
         await db.execute("UPDATE history SET created_at = :old WHERE user_text = 'old'", old=old)
