@@ -5,11 +5,10 @@ while the agent works answers the message after its restart, once."""
 
 from __future__ import annotations
 
-import os
 import signal
 from pathlib import Path
 
-from tests.daemon.conftest import REPO, BridgeProcess
+from tests.daemon.conftest import BridgeProcess, subprocess_env
 from tests.fakes.agents import FakeAgentServer, thinnest_config_toml
 from tests.fakes.slack import FakeSlack
 
@@ -30,13 +29,7 @@ def write_config(tmp_path: Path, slack: FakeSlack, agents: FakeAgentServer) -> P
 
 
 def env_for(slack: FakeSlack) -> dict[str, str]:
-    systemd = {"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM"}
-    env = {k: v for k, v in os.environ.items() if k not in systemd}
-    env["PYTHONPATH"] = str(REPO)
-    env["PYTHONUNBUFFERED"] = "1"
-    env["SLACK_BOT_TOKEN"] = slack.bot_token
-    env["SLACK_APP_TOKEN"] = slack.app_token
-    return env
+    return subprocess_env(SLACK_BOT_TOKEN=slack.bot_token, SLACK_APP_TOKEN=slack.app_token)
 
 
 async def test_run_answers_threads_and_dms_and_survives_a_kill(tmp_path: Path) -> None:

@@ -4,11 +4,10 @@ started again: the message is answered, once. The bridge runs as a real subproce
 
 from __future__ import annotations
 
-import os
 import signal
 from pathlib import Path
 
-from tests.daemon.conftest import REPO, BridgeProcess
+from tests.daemon.conftest import BridgeProcess, subprocess_env
 from tests.fakes.agents import FakeAgentServer, thinnest_config_toml
 from tests.fakes.telegram import ALICE, FakeTelegram, private_text
 
@@ -29,14 +28,7 @@ def write_config(tmp_path: Path, tg: FakeTelegram, agents: FakeAgentServer) -> P
 
 
 def bridge_env() -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in {"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM"}
-    }
-    env["PYTHONPATH"] = str(REPO)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
+    return subprocess_env()
 
 
 async def test_killed_while_the_agent_works_then_restarted_answers_once(tmp_path: Path) -> None:

@@ -4,7 +4,6 @@ the fake platforms in this process."""
 
 from __future__ import annotations
 
-import os
 import signal
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import pytest
 
 from bridge.backends.generic import split_session
 from tests.backends.http_support import fake_fixture  # noqa: F401 - a fixture
-from tests.daemon.conftest import REPO, BridgeProcess
+from tests.daemon.conftest import BridgeProcess, subprocess_env
 from tests.fakes.agent_platforms import SECRETS, FakePlatforms, Platform, http_config_toml
 from tests.fakes.telegram import ALICE, BOB, FakeTelegram, private_text
 from tests.test_cli import run_cli, write_config
@@ -92,14 +91,7 @@ def run_config(tmp_path: Path, tg: FakeTelegram, agent_section: str) -> Path:
 
 
 def bridge_env() -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in {"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM"}
-    }
-    env["PYTHONPATH"] = str(REPO)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
+    return subprocess_env()
 
 
 @pytest.mark.parametrize("platform", ["dify", "n8n"])

@@ -6,14 +6,13 @@ the same memory; ``/reset`` starts afresh (in chat mode: an empty history)."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.daemon.conftest import REPO, BridgeProcess
+from tests.daemon.conftest import BridgeProcess, subprocess_env
 from tests.fakes.openai_api import (
     FAKE_OPENAI_KEY,
     INSUFFICIENT_QUOTA,
@@ -30,16 +29,8 @@ MODES = {
 
 
 def bridge_env() -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("AGENT_BRIDGE")
-        and k not in {"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM"}
-    }
-    env["PYTHONPATH"] = str(REPO)
-    env["PYTHONUNBUFFERED"] = "1"
-    env["OPENAI_API_KEY"] = FAKE_OPENAI_KEY
-    return env
+    env = subprocess_env(OPENAI_API_KEY=FAKE_OPENAI_KEY)
+    return {k: v for k, v in env.items() if not k.startswith("AGENT_BRIDGE")}
 
 
 def write_config(tmp_path: Path, agent: str, telegram: FakeTelegram | None = None) -> Path:

@@ -172,17 +172,21 @@ class BridgeProcess:
                 await self._reader
 
 
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """The environment for a bridge subprocess: ours without the inherited systemd
+    variables, this checkout on the path, unbuffered output, then ``extra``."""
+    systemd = {"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM"}
+    env = {k: v for k, v in os.environ.items() if k not in systemd}
+    env["PYTHONPATH"] = str(REPO)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
 @pytest.fixture
 def bridge_env(tmp_path: Path) -> dict[str, str]:
     """The environment for a bridge subprocess: no inherited systemd variables."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in {"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM"}
-    }
-    env["PYTHONPATH"] = str(REPO)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
+    return subprocess_env()
 
 
 @pytest.fixture

@@ -43,7 +43,7 @@ from typing import Self
 import aiohttp
 from aiohttp import web
 
-from tests.daemon.conftest import REPO, BridgeProcess, NotifyListener
+from tests.daemon.conftest import REPO, BridgeProcess, NotifyListener, subprocess_env
 from tests.fakes.loopback import serve_loopback
 from tests.fakes.slack import FakeSlack, signed_headers
 
@@ -347,12 +347,7 @@ SOURCE = Path(os.environ.get("AGENT_BRIDGE_E2E_SOURCE") or REPO).resolve()
 
 def bridge_env(**extra: str) -> dict[str, str]:
     """The environment of a bridge subprocess: ours, without systemd's variables."""
-    systemd = {"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM"}
-    env = {k: v for k, v in os.environ.items() if k not in systemd}
-    env["PYTHONPATH"] = str(SOURCE)
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra)
-    return env
+    return subprocess_env(**{"PYTHONPATH": str(SOURCE), **extra})
 
 
 TomlValue = str | int | float | bool | list[str] | list[int]

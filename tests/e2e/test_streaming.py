@@ -13,14 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import os
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from bridge.config import MessagesConfig
-from tests.daemon.conftest import REPO, BridgeProcess
+from tests.daemon.conftest import BridgeProcess, subprocess_env
 from tests.fakes.agents import FakeAgentServer, FakeStream, thinnest_config_toml
 from tests.fakes.slack import FakeSlack
 from tests.fakes.telegram import ALICE, BOB, ApiCall, FakeTelegram, private_text
@@ -72,13 +71,7 @@ def slack_config(tmp_path: Path, slack: FakeSlack, agents: FakeAgentServer) -> P
     return path
 
 
-def bridge_env(**extra: str) -> dict[str, str]:
-    systemd = {"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM"}
-    env = {k: v for k, v in os.environ.items() if k not in systemd}
-    env["PYTHONPATH"] = str(REPO)
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra)
-    return env
+bridge_env = subprocess_env
 
 
 @contextlib.asynccontextmanager
