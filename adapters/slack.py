@@ -64,6 +64,7 @@ from adapters.slack_events import (
     read_event,
     slack_to_text,
 )
+from adapters.slack_feedback import FEEDBACK_ACTION, feedback_listener
 from adapters.slack_http import SlackHttpEndpoint
 from adapters.slack_live import SlackStream
 from adapters.slack_replies import MARKDOWN_LIMIT, SlackPoster
@@ -152,6 +153,7 @@ class SlackAdapter(ChatAdapter):
             poster=self._poster,
             reader=self._reader,
             rate=self.config.channel_messages_per_second,
+            feedback=self.config.feedback,
         )
         self._assistant = AssistantThreads(self._client, ident, self.config)
         self._app = self._build_app()
@@ -254,6 +256,7 @@ class SlackAdapter(ChatAdapter):
         app.event("assistant_thread_started")(self._on_thread_started)
         app.event("assistant_thread_context_changed")(self._on_context_changed)
         app.command("/agent")(self._on_command)
+        app.action(FEEDBACK_ACTION)(feedback_listener(self.dispatcher))
         # Everything else (an event the manifest did not ask for) is acked and dropped,
         # so that Slack does not redeliver it.
         app.event(re.compile(".*"))(self._on_other_event)

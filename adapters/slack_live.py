@@ -35,6 +35,7 @@ from typing import Any
 from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.web.async_client import AsyncWebClient
 
+from adapters.slack_feedback import piece_args
 from adapters.slack_replies import MARKDOWN_LIMIT, STREAM_ERRORS, call_api, stop_stream
 from bridge.model import InboxMessage
 from bridge.stream import LiveAnswer
@@ -115,10 +116,13 @@ class SlackStream(LiveAnswer):
                 _reason(exc),
             )
 
-    async def finish(self, piece: str, metadata: dict[str, Any]) -> bool:
+    async def finish(
+        self, piece: str, metadata: dict[str, Any], buttons: dict[str, Any] | None = None
+    ) -> bool:
         """Make the streamed message ``piece``, the reply's first, with its
-        ``metadata``; False when nothing was streamed (post the piece instead).
-        Raises `AdapterError` as `call_api` does."""
+        ``metadata`` (and the feedback ``buttons`` under it, when it is the last);
+        False when nothing was streamed (post the piece instead). Raises
+        `AdapterError` as `call_api` does."""
         if self.ts is None:
             return False
         if not self._stuck and piece.startswith(self._appended):
@@ -128,6 +132,8 @@ class SlackStream(LiveAnswer):
                     channel=self._channel,
                     ts=self.ts,
                     markdown_text=piece[len(self._appended) :] or None,
+                    # chat.stopStream takes blocks beside markdown_text: shown under it.
+                    blocks=[buttons] if buttons is not None else None,
                     metadata=metadata,
                 ),
             )
@@ -136,7 +142,10 @@ class SlackStream(LiveAnswer):
             await call_api(
                 "chat.update",
                 self._client.chat_update(
-                    channel=self._channel, ts=self.ts, markdown_text=piece, metadata=metadata
+                    channel=self._channel,
+                    ts=self.ts,
+                    metadata=metadata,
+                    **piece_args(piece, buttons),
                 ),
             )
         self._finished = True

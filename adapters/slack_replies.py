@@ -30,6 +30,7 @@ from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.slack_events import PLATFORM, SlackIdentity
+from adapters.slack_feedback import feedback_block, piece_args
 from adapters.text import split_markdown
 from bridge.chat import LIVE_REF
 from bridge.errors import AdapterError, ReplyUndeliverable
@@ -164,16 +165,21 @@ STREAM_ERRORS = (SlackApiError, SlackClientError, aiohttp.ClientError, TimeoutEr
 
 
 async def replace_dangling(
-    client: AsyncWebClient, message: InboxMessage, ts: str, piece: str, metadata: dict[str, Any]
+    client: AsyncWebClient,
+    message: InboxMessage,
+    ts: str,
+    piece: str,
+    metadata: dict[str, Any],
+    buttons: dict[str, Any] | None = None,
 ) -> bool:
     """Make the message streamed by an earlier attempt (perhaps in a process that
-    crashed, its stream left open) the reply's first ``piece``: stop its stream if
-    still open, then update it. False when it cannot be updated (deleted...): the
-    piece is posted anew."""
+    crashed, its stream left open) the reply's first ``piece`` (with the feedback
+    ``buttons`` when it is the last): stop its stream if still open, then update it.
+    False when it cannot be updated (deleted...): the piece is posted anew."""
     await stop_stream(client, message.key.chat, ts)
     try:
         await client.chat_update(
-            channel=message.key.chat, ts=ts, markdown_text=piece, metadata=metadata
+            channel=message.key.chat, ts=ts, metadata=metadata, **piece_args(piece, buttons)
         )
     except SlackApiError as exc:
         log.warning(
@@ -227,7 +233,8 @@ class SlackPoster:
     """The bridge's posts. ``poster`` posts reply pieces (it retries only 429s: a
     connection error or a 5xx may come after Slack posted the piece, and a blind retry
     could post it twice, so the attempt fails and the dispatcher's next one reads back
-    what is there); ``reader`` reads them back; ``client`` posts the notes."""
+    what is there); ``reader`` reads them back; ``client`` posts the notes. With
+    ``feedback``, the last piece of an agent answer carries the feedback buttons."""
 
     def __init__(
         self,
@@ -237,8 +244,10 @@ class SlackPoster:
         poster: AsyncWebClient,
         reader: AsyncWebClient,
         rate: float,
+        feedback: bool = False,
     ) -> None:
         self._identity = identity
+        self._feedback = feedback
         self._client = client
         self._poster = poster
         self._reader = reader
@@ -260,6 +269,11 @@ class SlackPoster:
         ``stream`` (the answer streamed live), or the message an earlier attempt
         streamed (``meta[LIVE_REF]``), instead of being posted anew."""
         pieces = split_markdown(reply.text, MARKDOWN_LIMIT) or ["…"]
+        last = len(pieces) - 1
+        # Under the agent's answer only: an error text is not an answer to rate.
+        buttons = (
+            feedback_block(message.id) if self._feedback and reply.error_kind is None else None
+        )
         # What this process posted of it already (a retry after a failed piece)...
         done = set(range(self._posted_pieces.get(message.id, 0)))
         if message.delivery_attempts > 0:
@@ -269,9 +283,12 @@ class SlackPoster:
         if 0 not in done:
             first = reply_metadata(message.id, 0, len(pieces))
             dangling = message.meta.get(LIVE_REF)
-            finished = stream is not None and await stream.finish(pieces[0], first)
+            first_buttons = buttons if last == 0 else None
+            finished = stream is not None and await stream.finish(pieces[0], first, first_buttons)
             if not finished and isinstance(dangling, str):
-                finished = await replace_dangling(self._poster, message, dangling, pieces[0], first)
+                finished = await replace_dangling(
+                    self._poster, message, dangling, pieces[0], first, first_buttons
+                )
             if finished:
                 done.add(0)
                 self._posted_pieces[message.id] = 1
@@ -286,8 +303,8 @@ class SlackPoster:
                 self._poster.chat_postMessage(
                     channel=message.key.chat,
                     thread_ts=message.key.thread,
-                    markdown_text=piece,
                     metadata=reply_metadata(message.id, index, len(pieces)),
+                    **piece_args(piece, buttons if index == last else None),
                 ),
             )
             self._posted_pieces[message.id] = index + 1

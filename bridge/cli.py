@@ -8,6 +8,7 @@
     agent-bridge db upgrade              apply database migrations
     agent-bridge sessions list           conversations and their agent sessions
     agent-bridge sessions reset ...      give conversations a fresh agent session
+    agent-bridge feedback list [--since] feedback given on agent answers
 
 Exit codes: 0 fine, 1 a runtime failure (store, platform), 2 a usage or
 config error (one line per problem, naming the key).
@@ -28,7 +29,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from bridge import __version__
+from bridge import __version__, cli_feedback
 from bridge.config import (
     BACKENDS,
     DEFAULT_CONFIG_NAME,
@@ -158,6 +159,7 @@ def _parser() -> argparse.ArgumentParser:
     s_reset.add_argument("--thread", help="the thread (Slack thread ts, Telegram topic id)")
     s_reset.add_argument("--agent", help="only conversations with this agent")
     s_reset.set_defaults(handler=_cmd_sessions_reset)
+    cli_feedback.add_parser(commands, common, _cmd_feedback_list)
     return parser
 
 
@@ -320,6 +322,12 @@ def _cmd_sessions_list(args: argparse.Namespace) -> int:
         return EXIT_OK
 
     return _run(listing())
+
+
+def _cmd_feedback_list(args: argparse.Namespace) -> int:
+    config, _ = _load(args, allow_default=True)
+    _setup_cli_logging(args)
+    return _run(cli_feedback.run_list(config.storage.url, args.since, args.format))
 
 
 def _cmd_sessions_reset(args: argparse.Namespace) -> int:

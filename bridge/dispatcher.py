@@ -327,6 +327,24 @@ class Dispatcher(Turns):
             self._store_failed(exc)
             log.warning("message %d: could not note the pieces posted: %s", message.id, exc)
 
+    async def record_feedback(self, platform: str, message_id: int, user: str, value: str) -> None:
+        """``user`` rated the answer to message ``message_id`` ("good" or "bad"):
+        store it (replacing their earlier rating) and count it under the message's
+        agent. A message the store does not know (of another platform, or deleted) is
+        logged and ignored. Raises `StorageError` when the store failed."""
+        try:
+            agent = await self._store.record_feedback(message_id, user, value, platform=platform)
+        except StorageError as exc:
+            self._store_failed(exc)
+            raise
+        if agent is None:
+            log.warning("%s feedback on unknown message %d ignored", platform, message_id)
+            return
+        self.metrics.feedback.labels(agent, value).inc()
+        log.info(
+            "%s feedback on message %d (%s): %s by %s", platform, message_id, agent, value, user
+        )
+
     def has_agent(self, name: str) -> bool:
         return name in self._backends
 

@@ -107,6 +107,12 @@ class Metrics:
             "Conversations taken over from an instance that stopped heartbeating.",
             registry=r,
         )
+        self.feedback = Counter(
+            "agent_bridge_feedback",
+            "Feedback clicks on agent answers (good or bad), by the answering agent.",
+            ["agent", "value"],
+            registry=r,
+        )
         self.parked_replies = Gauge(
             "agent_bridge_parked_replies",
             "Stored replies waiting to be posted again after the platform refused them.",

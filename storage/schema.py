@@ -194,3 +194,25 @@ history = Table(
     Column("reply_text", Text, nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
 )
+
+#: Feedback on agent answers (the Slack buttons): one row per (message, user), a
+#: changed mind replaces the value (``storage/feedback.py``). ``agent`` is the
+#: message's, copied so that the listing needs no join; the row goes with its message.
+feedback = Table(
+    "feedback",
+    metadata,
+    Column("id", Id, primary_key=True),
+    Column(
+        "message_id",
+        Id,
+        ForeignKey("messages.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("agent", String, nullable=False),
+    Column("user_id", String, nullable=False),
+    #: "good" or "bad".
+    Column("value", String(8), nullable=False),
+    #: When the value was given (a changed mind: the newest click).
+    Column("created_at", UTCDateTime, nullable=False, index=True),
+    UniqueConstraint("message_id", "user_id"),
+)

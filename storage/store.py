@@ -10,7 +10,8 @@ async), assembled from its parts along their seams:
   states, and every statement that moves it);
 - `storage.instances.Instances`: live instances and named leases;
 - `storage.history.History`: the turns of stateless agents' threads (the
-  core's `bridge.history.ConversationHistory`).
+  core's `bridge.history.ConversationHistory`);
+- `storage.feedback.Feedback`: users' feedback on the agent's answers.
 
 Every method is one transaction, committed when it returns.
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 import logging
 
 from storage.database import MIGRATION_LOCK_KEY, MIGRATIONS, SQLITE_BUSY_TIMEOUT
+from storage.feedback import Feedback, FeedbackEntry
 from storage.history import History
 from storage.instances import Instances
 from storage.queue import FINISHED, UNFINISHED, Claim, Queue, QueueStats
@@ -32,9 +34,9 @@ from storage.queue import FINISHED, UNFINISHED, Claim, Queue, QueueStats
 log = logging.getLogger("storage")
 
 
-class Store(Queue, Instances, History):
-    """The inbox, the conversations, the instances and the history; an async
-    context manager.
+class Store(Queue, Instances, History, Feedback):
+    """The inbox, the conversations, the instances, the history and the feedback;
+    an async context manager.
 
     ``schema`` (PostgreSQL only) puts the tables in that schema, through the
     connection's ``search_path``; the schema must exist. The tests use it for
@@ -62,6 +64,7 @@ __all__ = [
     "SQLITE_BUSY_TIMEOUT",
     "UNFINISHED",
     "Claim",
+    "FeedbackEntry",
     "QueueStats",
     "Store",
 ]

@@ -203,6 +203,8 @@ class SlackConfig(Section):
     #: Characters of a thread's earlier messages given to the agent when the bot
     #: is first mentioned in it (the newest are kept). 0: none.
     context_chars: int = Field(8000, ge=0)
+    #: Feedback buttons (thumbs up / down) under every agent answer.
+    feedback: bool = True
 
     @field_validator("listen")
     @classmethod

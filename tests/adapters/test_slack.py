@@ -90,7 +90,7 @@ class Bridge:
         return self.slack.calls_to("chat.postMessage")
 
     def replies(self) -> list[str]:
-        return [c.args["markdown_text"] for c in self.posts()]
+        return [c.markdown for c in self.posts()]
 
 
 @contextlib.asynccontextmanager
@@ -128,8 +128,12 @@ async def test_channel_mention_is_answered_in_its_thread(
     [post] = bridge.posts()
     assert post.args["channel"] == "C1"
     assert post.args["thread_ts"] == mention["ts"]  # a top-level mention opens a thread
-    assert post.args["markdown_text"] == "echo: what is x (https://x.io) & y?"
-    assert "text" not in post.args
+    assert post.markdown == "echo: what is x (https://x.io) & y?"
+    # Under the answer, the feedback buttons: its Markdown is then a block (Slack
+    # refuses markdown_text beside blocks) and ``text`` the notification fallback.
+    assert "markdown_text" not in post.args
+    assert post.args["text"] == post.markdown
+    assert [v.split(":")[0] for v in post.feedback_values] == ["good", "bad"]
     assert post.token == slack.bot_token
     # Answered within dispatcher.working_after: no working indicator was needed.
     assert slack.calls_to("reactions.add") == []
@@ -505,7 +509,7 @@ async def test_delivery_failure_is_retried_by_the_dispatcher_without_duplicate_p
     slack.fail("chat.postMessage", error="internal_error", after=1)
     async with running(make_config(tmp_path, slack, agents), slack) as bridge:
         await bridge.deliver(slack.mention("two pieces"))
-    texts = [c.args["markdown_text"][0] for c in bridge.posts()]
+    texts = [c.markdown[0] for c in bridge.posts()]
     assert texts == ["A", "B", "B"]
 
 

@@ -147,7 +147,7 @@ async def test_junk_events_are_acked_and_the_next_message_is_answered(
         good = slack.message("after the junk", channel=dm, channel_type="im", user="U77")
         await bridge.deliver(good)
     answers = [p for p in bridge.posts() if p.args["channel"] == dm]
-    assert [p.args["markdown_text"] for p in answers] == ["echo: after the junk"]
+    assert [p.markdown for p in answers] == ["echo: after the junk"]
 
 
 async def test_an_event_bolt_fails_on_is_acked_logged_without_text_and_counted(

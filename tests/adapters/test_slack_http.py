@@ -125,9 +125,7 @@ async def test_signed_junk_gets_400_without_a_traceback_and_events_still_flow(
         await bridge.core.dispatcher.wait_idle()
 
     assert unparsable == len(bodies)
-    assert [c.args["markdown_text"] for c in slack.calls_to("chat.postMessage")] == [
-        "echo: still there?"
-    ]
+    assert [c.markdown for c in slack.calls_to("chat.postMessage")] == ["echo: still there?"]
     warned = [r for r in caplog.records if "does not parse" in r.getMessage()]
     assert len(warned) == 1 and warned[0].levelno == logging.WARNING  # throttled
     assert not any(r.exc_info for r in caplog.records if r.levelno >= logging.INFO)

@@ -146,7 +146,7 @@ async def test_a_long_streamed_answer_continues_in_new_messages(
     texts = [m["text"] for m in bridge.bot_messages()]
     assert texts == pieces
     assert len(slack.calls_to("chat.startStream")) == 1
-    assert [c.args["markdown_text"] for c in slack.calls_to("chat.postMessage")] == pieces[1:]
+    assert [c.markdown for c in slack.calls_to("chat.postMessage")] == pieces[1:]
 
 
 async def test_a_stream_that_does_not_start_falls_back_to_one_post(

@@ -42,6 +42,8 @@ def test_manifest_subscribes_to_the_events_and_scopes_the_adapter_needs() -> Non
     assert re.search(r"^\s*- command: /agent$", text, re.M)
     assert re.search(r"^\s*socket_mode_enabled: true$", text, re.M)
     assert re.search(r"^\s*messages_tab_read_only_enabled: false$", text, re.M)
+    # The feedback buttons are block actions: interactivity must be on.
+    assert re.search(r"^  interactivity:\n    is_enabled: true$", text, re.M)
 
 
 def test_manifest_has_the_ai_app_view_with_a_description_and_prompts() -> None:

@@ -68,7 +68,7 @@ def meta(message_id: int, piece: int, pieces: int) -> dict[str, Any]:
 
 
 def pieces_posted(slack: FakeSlack) -> list[str]:
-    return [c.args["markdown_text"][0] for c in slack.calls_to("chat.postMessage")]
+    return [c.markdown[0] for c in slack.calls_to("chat.postMessage")]
 
 
 async def test_a_restart_after_the_first_piece_posts_only_the_rest(
@@ -152,7 +152,7 @@ async def test_only_our_bots_posts_for_this_message_count(
         await bridge.adapter.send_reply(
             inbox(slack, question, thread=root, attempts=2), Reply("Answer")
         )
-    assert [c.args["markdown_text"] for c in slack.calls_to("chat.postMessage")] == ["Answer"]
+    assert [c.markdown for c in slack.calls_to("chat.postMessage")] == ["Answer"]
     assert len(slack.calls_to("conversations.replies")) == 1
 
 
@@ -211,7 +211,7 @@ async def test_when_the_read_back_fails_the_reply_is_posted_anyway(
             inbox(slack, question, thread=question["ts"], attempts=1), Reply("Answer")
         )
         elapsed = time.monotonic() - started
-    assert [c.args["markdown_text"] for c in slack.calls_to("chat.postMessage")] == ["Answer"]
+    assert [c.markdown for c in slack.calls_to("chat.postMessage")] == ["Answer"]
     assert elapsed < 10  # Retry-After 30 was not honoured for the read-back
     [warning] = [r for r in caplog.records if "could not read back" in r.getMessage()]
     assert warning.levelno == logging.WARNING and "ratelimited" in warning.getMessage()

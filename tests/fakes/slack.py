@@ -31,6 +31,12 @@ kept in ``statuses``, ``prompts`` and ``titles``, keyed ``(channel, thread_ts)``
 the others need the bot token: a wrong token gets ``invalid_auth``, the other kind of
 token ``not_allowed_token_type``). Unknown methods get ``unknown_method``.
 
+Blocks: ``markdown_text`` beside ``blocks`` or ``text`` is ``markdown_text_conflict``
+in chat.postMessage / chat.update, as Slack answers; chat.stopStream takes ``blocks``
+beside ``markdown_text``. The blocks the bridge sends (``markdown``, ``context_actions``
+with ``feedback_buttons``) are checked (``invalid_blocks``) and kept on the message.
+`ApiCall.markdown` is a post's Markdown whichever way it was sent.
+
 Messages: the fake keeps each channel's messages, as Slack would return them: the user
 messages delivered with ``send_event`` (or added with ``add_message``) and the bot's
 ``chat.postMessage`` posts, with their ``metadata`` (given as an object or a JSON
@@ -51,11 +57,13 @@ a network cut does after Slack acted. ``slack.calls`` records every Web API call
 Socket Mode: ``apps.connections.open`` returns ``ws://127.0.0.1:PORT/socket``. On
 connect the server sends ``hello``. ``send_event(event)`` wraps an Events API event in
 an ``event_callback`` payload and an ``events_api`` envelope; ``send_command(...)``
-sends a ``slash_commands`` envelope. The app's acks (``{"envelope_id": ...}``) are
-recorded: ``await slack.wait_ack(envelope_id)`` returns the ack, ``slack.acked(id)``
-tells whether one arrived. ``send_disconnect()`` asks the app to reconnect,
-``drop_connections()`` closes the sockets, ``refuse_connections`` makes new WebSocket
-connections fail (to observe a lost connection).
+sends a ``slash_commands`` envelope; ``send_action(value, user=...)`` an ``interactive``
+envelope with a ``block_actions`` payload (a click on a feedback button). The app's
+acks (``{"envelope_id": ...}``) are recorded: ``await slack.wait_ack(envelope_id)``
+returns the ack, ``slack.acked(id)`` tells whether one arrived. ``send_disconnect()``
+asks the app to reconnect, ``drop_connections()`` closes the sockets,
+``refuse_connections`` makes new WebSocket connections fail (to observe a lost
+connection).
 
 AI-app view: ``assistant_thread_started(user=..., channel=...)`` builds the event Slack
 sends when a user opens a new assistant thread (and puts the thread's root, which Slack
@@ -104,6 +112,27 @@ class ApiCall:
     token: str | None
     #: time.monotonic() when the call arrived.
     at: float = field(default_factory=time.monotonic)
+
+    @property
+    def markdown(self) -> str | None:
+        """The Markdown a post carries: its ``markdown_text``, or the text of its
+        ``markdown`` blocks (a post with feedback buttons)."""
+        if self.args.get("markdown_text") is not None:
+            return str(self.args["markdown_text"])
+        blocks = _blocks(self.args.get("blocks"))
+        texts = [b["text"] for b in blocks or [] if b.get("type") == "markdown"]
+        return "".join(texts) if texts else None
+
+    @property
+    def feedback_values(self) -> list[str]:
+        """The values of the feedback buttons in the post's blocks, positive first."""
+        values = []
+        for block in _blocks(self.args.get("blocks")) or []:
+            for element in block.get("elements") or []:
+                if block.get("type") == "context_actions" and isinstance(element, dict):
+                    for button in ("positive_button", "negative_button"):
+                        values.append(element[button]["value"])
+        return values
 
 
 @dataclass(frozen=True)
@@ -314,6 +343,9 @@ class FakeSlack:
             return {"ok": False, "error": "markdown_text_too_long"}
         if not (markdown or args.get("text") or args.get("blocks")):
             return {"ok": False, "error": "no_text"}
+        blocks = _blocks(args.get("blocks"))
+        if args.get("blocks") is not None and (blocks is None or _invalid_blocks(blocks)):
+            return {"ok": False, "error": "invalid_blocks"}
         metadata = args.get("metadata")
         if isinstance(metadata, str):
             try:
@@ -327,13 +359,20 @@ class FakeSlack:
         ):
             return {"ok": False, "error": "invalid_metadata_format"}
         ts = self._next_ts()
-        message = {"type": "message", "user": self.bot_user_id, "bot_id": self.bot_id, "ts": ts}
+        message: dict[str, Any] = {
+            "type": "message",
+            "user": self.bot_user_id,
+            "bot_id": self.bot_id,
+            "ts": ts,
+        }
         if args.get("thread_ts"):
             message["thread_ts"] = args["thread_ts"]
             # Slack clears an assistant thread's status when the app posts in it.
             if (channel, args["thread_ts"]) in self.statuses:
                 self.statuses[(channel, args["thread_ts"])] = ""
         message["text"] = markdown or args.get("text") or ""
+        if blocks is not None:
+            message["blocks"] = blocks
         if metadata is not None:
             message["metadata"] = metadata
         self.messages.setdefault(channel, []).append(message)
@@ -398,6 +437,11 @@ class FakeSlack:
                 return {"ok": False, "error": "markdown_text_conflict"}
             if markdown is not None and len(markdown) > MARKDOWN_TEXT_LIMIT:
                 return {"ok": False, "error": "markdown_text_too_long"}
+            blocks = _blocks(args.get("blocks"))
+            if args.get("blocks") is not None and (blocks is None or _invalid_blocks(blocks)):
+                return {"ok": False, "error": "invalid_blocks"}
+            if blocks is not None:
+                stored["blocks"] = blocks
             stored["text"] = markdown or args.get("text") or stored["text"]
             metadata = _metadata(args.get("metadata"))
             if metadata is not None:
@@ -476,7 +520,14 @@ class FakeSlack:
         metadata = _metadata(args.get("metadata"))
         if args.get("metadata") is not None and metadata is None:
             return {"ok": False, "error": "invalid_metadata_format"}
+        # Unlike chat.postMessage, stopStream takes blocks beside markdown_text: they
+        # are shown under the streamed text (e.g. feedback buttons).
+        blocks = _blocks(args.get("blocks"))
+        if args.get("blocks") is not None and (blocks is None or _invalid_blocks(blocks)):
+            return {"ok": False, "error": "invalid_blocks"}
         stored["text"] += args.get("markdown_text") or ""
+        if blocks is not None:
+            stored["blocks"] = blocks
         if metadata is not None:
             stored["metadata"] = metadata
         self.streaming.discard((args["channel"], args["ts"]))
@@ -684,6 +735,62 @@ class FakeSlack:
             "slash_commands", self.command_payload(text, **kwargs), accepts_response_payload=True
         )
 
+    def block_actions_payload(
+        self,
+        value: str,
+        *,
+        action_id: str = "agent_feedback",
+        user: str = "U1",
+        channel: str = "C1",
+        message_ts: str | None = None,
+        thread_ts: str | None = None,
+    ) -> dict[str, Any]:
+        """A ``block_actions`` interaction: ``user`` clicked the feedback button whose
+        value is ``value`` on our message ``message_ts`` in ``channel``."""
+        ts = message_ts or self._next_ts()
+        message: dict[str, Any] = {"type": "message", "user": self.bot_user_id, "ts": ts}
+        if thread_ts:
+            message["thread_ts"] = thread_ts
+        return {
+            "type": "block_actions",
+            "user": {"id": user, "username": "someone", "name": "someone", "team_id": self.team_id},
+            "api_app_id": APP_ID,
+            "token": "verification-token",
+            "container": {
+                "type": "message",
+                "message_ts": ts,
+                "channel_id": channel,
+                "is_ephemeral": False,
+                **({"thread_ts": thread_ts} if thread_ts else {}),
+            },
+            "trigger_id": f"trig-{next(self._ids)}",
+            "team": {"id": self.team_id, "domain": "fake"},
+            "enterprise": None,
+            "is_enterprise_install": False,
+            "channel": {"id": channel, "name": "general"},
+            "message": message,
+            "state": {"values": {}},
+            "response_url": f"{self.url}/actions/respond",
+            "actions": [
+                {
+                    "type": "feedback_buttons",
+                    "action_id": action_id,
+                    "block_id": "fb",
+                    "value": value,
+                    "action_ts": f"{time.time():.6f}",
+                }
+            ],
+        }
+
+    async def send_action(self, value: str, **kwargs: Any) -> str:
+        """Deliver a ``block_actions`` interaction over Socket Mode (an ``interactive``
+        envelope); return the envelope id."""
+        return await self.send_envelope(
+            "interactive",
+            self.block_actions_payload(value, **kwargs),
+            accepts_response_payload=False,
+        )
+
     async def send_disconnect(self, reason: str = "refresh_requested") -> None:
         """Ask the app to reconnect, as Slack does before it recycles a connection."""
         await self._open_socket().send_json(
@@ -866,6 +973,54 @@ def _window(messages: list[dict[str, Any]], args: dict[str, Any]) -> list[dict[s
         return high is None or key < high or (key == high and inclusive)
 
     return [m for m in messages if inside(m)]
+
+
+def _blocks(value: Any) -> list[dict[str, Any]] | None:
+    """Blocks given as a list or a JSON string, if a list of objects."""
+    if isinstance(value, str):
+        try:
+            value = jsonlib.loads(value)
+        except ValueError:
+            return None
+    if isinstance(value, list) and all(isinstance(b, dict) for b in value):
+        return value
+    return None
+
+
+def _invalid_blocks(blocks: list[dict[str, Any]]) -> bool:
+    """Slack's checks of the blocks the bridge sends (markdown, context_actions with
+    feedback_buttons): an unknown type or a malformed field is ``invalid_blocks``."""
+    markdown = 0
+    for block in blocks:
+        kind = block.get("type")
+        if kind == "markdown":
+            if not isinstance(block.get("text"), str) or not block["text"]:
+                return True
+            markdown += len(block["text"])
+        elif kind == "context_actions":
+            elements = block.get("elements")
+            if not isinstance(elements, list) or not 1 <= len(elements) <= 5:
+                return True
+            for element in elements:
+                if not isinstance(element, dict) or element.get("type") != "feedback_buttons":
+                    return True
+                if not isinstance(element.get("action_id"), str):
+                    return True
+                for name in ("positive_button", "negative_button"):
+                    button = element.get(name)
+                    if not isinstance(button, dict) or not isinstance(button.get("value"), str):
+                        return True
+                    text = button.get("text")
+                    if not (
+                        isinstance(text, dict)
+                        and text.get("type") == "plain_text"
+                        and 0 < len(str(text.get("text") or "")) <= 75
+                    ):
+                        return True
+        else:
+            return True
+    # The markdown blocks of one message share markdown_text's limit.
+    return markdown > MARKDOWN_TEXT_LIMIT
 
 
 def _metadata(value: Any) -> dict[str, Any] | None:

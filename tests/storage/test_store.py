@@ -408,6 +408,7 @@ async def test_list_conversations_by_platform_most_recent_first(store: Store) ->
 
 
 async def test_database_failures_become_storage_errors(store: Store, db: Database) -> None:
+    await db.execute("DROP TABLE feedback")  # it refers to messages (PostgreSQL checks)
     await db.execute("DROP TABLE messages")
     with pytest.raises(StorageError, match="cannot accept a message") as caught:
         await store.accept(incoming("e1"))
