@@ -414,9 +414,14 @@ async def test_a_killed_instance_s_work_is_taken_over_within_the_lease_timeout(
     ):
         cluster, proxies, player, messages = pair.cluster, pair.proxies, pair.player, pair.messages
         busy, heir = cluster[0], cluster[1]
-        await cluster.start()
+        # The heir starts once the busy instance holds every conversation: started
+        # together, an idle heir may claim a message in the instant between its
+        # acceptance by the busy one and that one's own claim (any instance may take
+        # unleased work), and the busy instance would not hold all ten.
+        await busy.start()
         agents.hold()
         load = await make_busy(pair.ports[0], player, messages, proxies[0])
+        await heir.start()
         assert proxies[1].calls == []  # the heir has taken nothing so far
 
         await busy.kill()
