@@ -1,0 +1,21 @@
+"""Admin alerts sent and open problems (reserved: no tables yet).
+
+Revision ID: 0008
+Revises: 0007
+Create Date: 2027-03-01
+"""
+
+from __future__ import annotations
+
+revision = "0008"
+down_revision = "0007"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    pass
+
+
+def downgrade() -> None:
+    pass
