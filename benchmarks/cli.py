@@ -1,10 +1,10 @@
 """``python -m benchmarks``: ``agent-bridge run`` against a minimal relay, end to end.
 
-Both run as subprocesses against the same fakes (Telegram Bot API and a thinnest.ai
-agent on 127.0.0.1, in this process) under the same loads, interleaved (bridge, relay,
-bridge, relay...), and one Markdown table of medians goes to stdout. Progress goes to
-stderr. ``--quick`` is the smoke test CI runs: a small load, and exit 1 unless every
-message was answered exactly once. See benchmarks/README.md.
+Both run as subprocesses against the same fakes (Telegram Bot API, Slack Web API with
+Socket Mode, and a thinnest.ai agent on 127.0.0.1, in this process) under the same
+loads, interleaved (bridge, relay, bridge, relay...), and one Markdown table of medians
+goes to stdout. Progress goes to stderr. ``--quick`` is the smoke test CI runs: a small
+load, and exit 1 unless every message was answered exactly once. See benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from benchmarks.processes import BenchError, import_seconds
 from benchmarks.report import RELAY_COLUMN, Results, machine, revision, rows, table
 from benchmarks.scenarios import BRIDGE, RELAY, Session, open_session, percentile
 
-PHASES = ("throughput", "latency", "crowd", "import", "soak")
+PHASES = ("throughput", "latency", "slack", "crowd", "import", "soak")
 #: The pace of the latency load, and of the soak.
 PACE = 20.0
 SOAK_PACE = 10.0
@@ -114,7 +114,7 @@ def parse_args(argv: list[str] | None) -> Options:
             agent_latency=args.agent_latency,
             soak=0.0,
             postgres=False,
-            phases=frozenset({"throughput", "latency"}),
+            phases=frozenset({"throughput", "latency", "slack"}),
             quick=True,
         )
     if min(args.runs, args.messages, args.chats, args.paced_messages) < 1:
@@ -153,6 +153,7 @@ class Bench:
         column: str,
         load: Callable[[Session], Awaitable[None]],
         *,
+        platform: str = scenarios.TELEGRAM,
         url: str = "",
         latency: float = 0.0,
         limit_off: bool = False,
@@ -162,6 +163,7 @@ class Bench:
         session = await open_session(
             system,
             self.workdir,
+            platform=platform,
             storage_url=url,
             agent_latency=latency,
             limit_off=limit_off,
@@ -174,7 +176,9 @@ class Bench:
             await session.close(check=False)
             raise
         await session.close()
-        progress(f"{system} ({column}): {len(session.sent)} messages, each answered once")
+        progress(
+            f"{system} ({column}, {platform}): {len(session.sent)} messages, each answered once"
+        )
 
     async def run(self) -> Results:
         o = self.o
@@ -201,88 +205,112 @@ class Bench:
             self.results.add(key, RELAY_COLUMN, await import_seconds(relay) * 1000)
 
     async def one_storage(self, storage: str, url: str, *, with_crowd: bool) -> None:
+        o = self.o
+        if "throughput" in o.phases or "latency" in o.phases:
+            await self.loads(storage, url, scenarios.TELEGRAM)
+        if "slack" in o.phases:
+            await self.loads(storage, url, scenarios.SLACK)
+        if with_crowd and "crowd" in o.phases and o.conversations > 0:
+            await self.crowd(storage, url)
+
+    async def loads(self, storage: str, url: str, platform: str) -> None:
+        """The throughput loads (flood limit on and off) and the paced latency load on
+        ``platform``; Telegram's rows have no prefix (and carry the start-up times),
+        Slack's are ``slack_...``."""
         o, results = self.o, self.results
-        db_exists = False
+        telegram = platform == scenarios.TELEGRAM
+        prefix = "" if telegram else "slack_"
+        phases = o.phases if telegram else {"throughput", "latency"}
 
         async def throughput(key: str, column: str, session: Session) -> None:
             within = o.messages / 10 + 60
             burst = await scenarios.burst(session, o.messages, o.chats, within=within)
-            results.add(key, column, burst.throughput)
+            results.add(prefix + key, column, burst.throughput)
             if key == "tput_default":
-                results.add("cpu", column, burst.cpu_ms_per_message)
-                results.add("fakes_cpu", column, burst.fakes_cpu_ms_per_message)
-            progress(f"  {session.system}: {burst.throughput:.1f} msg/s")
+                results.add(prefix + "cpu", column, burst.cpu_ms_per_message)
+                results.add(prefix + "fakes_cpu", column, burst.fakes_cpu_ms_per_message)
+            progress(f"  {session.system} ({platform}): {burst.throughput:.1f} msg/s")
 
         async def latency(column: str, session: Session) -> None:
             within = o.paced_messages / PACE + 60
             lat = await scenarios.paced(session, o.paced_messages, PACE, o.chats, within=within)
             for name, values in (("in", lat.inbound), ("out", lat.outbound)):
-                results.add(f"{name}_p50", column, percentile(values, 50) * 1000)
-                results.add(f"{name}_p99", column, percentile(values, 99) * 1000)
+                results.add(f"{prefix}{name}_p50", column, percentile(values, 50) * 1000)
+                results.add(f"{prefix}{name}_p99", column, percentile(values, 99) * 1000)
 
-        async def crowd(column: str, session: Session) -> None:
-            within = o.conversations / 5 + 120
-            result = await scenarios.crowd(session, o.conversations, within=within)
-            results.add("crowd_wall", column, result.wall)
-            results.add("crowd_rss", column, result.peak_rss_kib / 1024)
-            progress(f"  {session.system}: {result.wall:.1f} s")
-
-        if "throughput" in o.phases:
+        db_exists = False
+        if "throughput" in phases:
             await self.session(
                 BRIDGE,
                 storage,
                 lambda s: throughput("tput_default", storage, s),
+                platform=platform,
                 url=url,
                 latency=o.agent_latency,
-                ready_key="ready_new",
+                ready_key="ready_new" if telegram else None,
             )
             db_exists = True
 
             async def relay_throughput(s: Session) -> None:
                 await throughput("tput_default", RELAY_COLUMN, s)
                 # The relay has no flood limiter: the same figure is its "limit off".
-                last = results.samples[("tput_default", RELAY_COLUMN)][-1]
-                results.add("tput_off", RELAY_COLUMN, last)
+                last = results.samples[(prefix + "tput_default", RELAY_COLUMN)][-1]
+                results.add(prefix + "tput_off", RELAY_COLUMN, last)
 
             await self.session(
                 RELAY,
                 RELAY_COLUMN,
                 relay_throughput,
+                platform=platform,
                 latency=o.agent_latency,
-                ready_key="ready_new",
+                ready_key="ready_new" if telegram else None,
             )
-            if self.limit is not None:
+            if self.limit is not None or not telegram:
                 await self.session(
                     BRIDGE,
                     storage,
                     lambda s: throughput("tput_off", storage, s),
+                    platform=platform,
                     url=url,
                     latency=o.agent_latency,
                     limit_off=True,
                 )
-        if "latency" in o.phases:
+        if "latency" in phases:
+            existing = "ready_existing" if db_exists else "ready_new"
             await self.session(
                 BRIDGE,
                 storage,
                 lambda s: latency(storage, s),
+                platform=platform,
                 url=url,
                 latency=o.agent_latency,
-                ready_key="ready_existing" if db_exists else "ready_new",
+                ready_key=existing if telegram else None,
             )
             await self.session(
                 RELAY,
                 RELAY_COLUMN,
                 lambda s: latency(RELAY_COLUMN, s),
+                platform=platform,
                 latency=o.agent_latency,
-                ready_key="ready_existing",
+                ready_key="ready_existing" if telegram else None,
             )
-        if with_crowd and "crowd" in o.phases and o.conversations > 0:
-            await self.session(
-                BRIDGE, storage, lambda s: crowd(storage, s), url=url, latency=CROWD_LATENCY
-            )
-            await self.session(
-                RELAY, RELAY_COLUMN, lambda s: crowd(RELAY_COLUMN, s), latency=CROWD_LATENCY
-            )
+
+    async def crowd(self, storage: str, url: str) -> None:
+        o, results = self.o, self.results
+
+        async def load(column: str, session: Session) -> None:
+            within = o.conversations / 5 + 120
+            result = await scenarios.crowd(session, o.conversations, within=within)
+            results.add("crowd_wall", column, result.wall)
+            results.add("crowd_rss", column, result.peak_rss_kib / 1024)
+            progress(f"  {session.system}: {result.wall:.1f} s")
+
+        await self.session(
+            BRIDGE, storage, lambda s: load(storage, s), url=url, latency=CROWD_LATENCY
+        )
+        await self.session(
+            RELAY, RELAY_COLUMN, lambda s: load(RELAY_COLUMN, s), latency=CROWD_LATENCY
+        )
 
     async def soak(self) -> None:
         minutes = self.o.soak
@@ -352,6 +380,12 @@ async def main_async(options: Options) -> int:
         notes.append(
             "the fakes' own CPU per message in the throughput load (ms; this process, "
             f"both fakes and the load): {', '.join(fakes)}"
+        )
+    if "slack" in o.phases:
+        notes.append(
+            "Slack: Socket Mode, the same loads in direct messages (one DM channel per chat); "
+            "its relay is benchmarks/relay_slack.py; flood limit off: "
+            "slack.channel_messages_per_second = 0"
         )
     if o.quick:
         notes.append("quick: every message got exactly one reply with its echoed text")

@@ -1,4 +1,5 @@
-"""Lean fakes for the end-to-end benchmark: a Telegram Bot API and a thinnest.ai agent.
+"""Lean fakes for the end-to-end benchmark: a Telegram Bot API and a thinnest.ai agent
+(the Slack one is in `benchmarks.fakes_slack`, on the same `BenchPlatform`).
 
 Both are plain aiohttp servers on 127.0.0.1, built to cost as little CPU per request as
 possible so that they are not what is measured (tests/fakes/ checks the wire format
@@ -69,11 +70,11 @@ def text_of(tag: str, conversation: int, seq: int) -> str:
     return f"bench {tag} c{conversation} m{seq}"
 
 
-def _json_response(body: bytes, status: int = 200) -> web.Response:
+def json_response(body: bytes, status: int = 200) -> web.Response:
     return web.Response(body=body, status=status, content_type="application/json")
 
 
-async def _serve(app: web.Application) -> tuple[web.AppRunner, str]:
+async def serve(app: web.Application) -> tuple[web.AppRunner, str]:
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.5)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0, backlog=4096)
@@ -84,23 +85,24 @@ async def _serve(app: web.Application) -> tuple[web.AppRunner, str]:
 
 @dataclass
 class Sent:
-    """One sendMessage the fake received."""
+    """One reply the fake received (sendMessage, chat.postMessage)."""
 
     at: float
-    chat_id: int
+    chat: object
     text: str
 
 
 @dataclass
-class BenchTelegram:
-    token: str = TOKEN
+class BenchPlatform:
+    """What the loads need of a fake chat platform, whichever it is: `push` offers a
+    private message from a user, `expect` / `wait_answered` wait for the replies, and
+    the bookkeeping below matches each reply to its message by the echoed text."""
+
     url: str = ""
-    #: update_id -> JSON bytes, oldest first; confirmed ones are dropped.
-    queue: deque[tuple[int, bytes]] = field(default_factory=deque)
-    #: message text -> when its update was queued (offered to getUpdates).
+    #: message text -> when it was offered to the bridge (queued for delivery).
     pushed_at: dict[str, float] = field(default_factory=dict)
     #: message text -> the chat it was sent in.
-    chat_of: dict[str, int] = field(default_factory=dict)
+    chat_of: dict[str, object] = field(default_factory=dict)
     replies: list[Sent] = field(default_factory=list)
     #: message text -> number of replies that echo it.
     answers: Counter[str] = field(default_factory=Counter)
@@ -111,56 +113,29 @@ class BenchTelegram:
     calls: Counter[str] = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
-        self._wake = asyncio.Event()
-        self._generation = 0
         self._closing = False
         self._expected: set[str] = set()
         self._all_answered = asyncio.Event()
         self._runner: web.AppRunner | None = None
 
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_post("/bot{token}/{method}", self._handle)
-        app.router.add_get("/bot{token}/{method}", self._handle)
-        self._runner, self.url = await _serve(app)
-
     async def close(self) -> None:
         self._closing = True
-        self._wake.set()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
 
-    @property
-    def api_url(self) -> str:
-        """The value for ``telegram.api_url``."""
-        return f"{self.url}/bot"
+    async def start(self) -> None:
+        raise NotImplementedError
 
-    # --- load ------------------------------------------------------------------------
+    def push(self, user_id: int, text: str) -> None:
+        """Offer a private message from ``user_id`` to the process under test."""
+        raise NotImplementedError
 
     def expect(self, texts: set[str]) -> None:
         """From now on, `wait_answered()` waits for a reply to each of ``texts``."""
         self._expected = set(texts)
         self._all_answered.clear()
         self._check_answered()
-
-    def push(self, user_id: int, text: str) -> None:
-        """Queue a private message from ``user_id`` (its chat id too) for getUpdates."""
-        update_id = next(_update_ids)
-        update = {
-            "update_id": update_id,
-            "message": {
-                "message_id": next(_message_ids),
-                "date": int(time.time()),
-                "chat": {"id": user_id, "type": "private", "first_name": "U"},
-                "from": {"id": user_id, "is_bot": False, "first_name": "U"},
-                "text": text,
-            },
-        }
-        self.queue.append((update_id, json.dumps(update, separators=(",", ":")).encode()))
-        self.pushed_at[text] = time.monotonic()
-        self.chat_of[text] = user_id
-        self._wake.set()
 
     async def wait_answered(self, within: float) -> None:
         """Wait until every expected message has a reply (`TimeoutError` after ``within``)."""
@@ -177,24 +152,86 @@ class BenchTelegram:
         if all(self.answers[t] for t in self._expected):
             self._all_answered.set()
 
+    def _offered(self, text: str, chat: object) -> None:
+        self.pushed_at[text] = time.monotonic()
+        self.chat_of[text] = chat
+
+    def _replied(self, chat: object, text: str) -> None:
+        """A reply arrived: count it for the message it echoes, if it went to its chat."""
+        now = time.monotonic()
+        self.replies.append(Sent(now, chat, text))
+        message = text.removeprefix(ECHO) if text.startswith(ECHO) else None
+        if message is not None and self.chat_of.get(message) == chat:
+            self.answers[message] += 1
+            self.answered_at.setdefault(message, now)
+            if message in self._expected and not self._all_answered.is_set():
+                self._check_answered()
+        else:
+            self.stray += 1
+
+
+@dataclass
+class BenchTelegram(BenchPlatform):
+    token: str = TOKEN
+    #: update_id -> JSON bytes, oldest first; confirmed ones are dropped.
+    queue: deque[tuple[int, bytes]] = field(default_factory=deque)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._wake = asyncio.Event()
+        self._generation = 0
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/bot{token}/{method}", self._handle)
+        app.router.add_get("/bot{token}/{method}", self._handle)
+        self._runner, self.url = await serve(app)
+
+    async def close(self) -> None:
+        self._closing = True
+        self._wake.set()
+        await super().close()
+
+    @property
+    def api_url(self) -> str:
+        """The value for ``telegram.api_url``."""
+        return f"{self.url}/bot"
+
+    # --- load ------------------------------------------------------------------------
+
+    def push(self, user_id: int, text: str) -> None:
+        """Queue a private message from ``user_id`` (its chat id too) for getUpdates."""
+        update_id = next(_update_ids)
+        update = {
+            "update_id": update_id,
+            "message": {
+                "message_id": next(_message_ids),
+                "date": int(time.time()),
+                "chat": {"id": user_id, "type": "private", "first_name": "U"},
+                "from": {"id": user_id, "is_bot": False, "first_name": "U"},
+                "text": text,
+            },
+        }
+        self.queue.append((update_id, json.dumps(update, separators=(",", ":")).encode()))
+        self._offered(text, user_id)
+        self._wake.set()
+
     # --- the API ---------------------------------------------------------------------
 
     async def _handle(self, request: web.Request) -> web.Response:
         if request.match_info["token"] != self.token:
-            return _json_response(
-                b'{"ok":false,"error_code":401,"description":"Unauthorized"}', 401
-            )
+            return json_response(b'{"ok":false,"error_code":401,"description":"Unauthorized"}', 401)
         method = request.match_info["method"]
         self.calls[method] += 1
         if method == "getUpdates":
-            return await self._get_updates(await _params(request))
+            return await self._get_updates(await params_of(request))
         if method == "sendMessage":
-            return self._send_message(await _params(request))
+            return self._send_message(await params_of(request))
         if method == "getMe":
-            return _json_response(_GET_ME)
+            return json_response(_GET_ME)
         # sendChatAction, setMyCommands, deleteWebhook, deleteMyCommands, ...
         await request.read()
-        return _json_response(_TRUE)
+        return json_response(_TRUE)
 
     async def _get_updates(self, params: dict[str, Any]) -> web.Response:
         # One consumer per token, as on Telegram: a newer call ends a pending older one.
@@ -214,24 +251,15 @@ class BenchTelegram:
             except TimeoutError:
                 pass
             if mine != self._generation:
-                return _json_response(_CONFLICT, 409)
+                return json_response(_CONFLICT, 409)
         limit = int(params.get("limit") or 100)
         batch = [body for _, body in itertools.islice(self.queue, limit)]
-        return _json_response(b'{"ok":true,"result":[' + b",".join(batch) + b"]}")
+        return json_response(b'{"ok":true,"result":[' + b",".join(batch) + b"]}")
 
     def _send_message(self, params: dict[str, Any]) -> web.Response:
-        now = time.monotonic()
         chat_id = int(params.get("chat_id") or 0)
         text = str(params.get("text") or "")
-        self.replies.append(Sent(now, chat_id, text))
-        message = text.removeprefix(ECHO) if text.startswith(ECHO) else None
-        if message is not None and self.chat_of.get(message) == chat_id:
-            self.answers[message] += 1
-            self.answered_at.setdefault(message, now)
-            if message in self._expected and not self._all_answered.is_set():
-                self._check_answered()
-        else:
-            self.stray += 1
+        self._replied(chat_id, text)
         body = {
             "ok": True,
             "result": {
@@ -242,10 +270,10 @@ class BenchTelegram:
                 "text": text,
             },
         }
-        return _json_response(json.dumps(body).encode())
+        return json_response(json.dumps(body).encode())
 
 
-async def _params(request: web.Request) -> dict[str, Any]:
+async def params_of(request: web.Request) -> dict[str, Any]:
     """JSON (the relay) or form-encoded (python-telegram-bot) parameters."""
     if not request.can_read_body:
         return dict(request.query)
@@ -271,7 +299,7 @@ class BenchAgent:
         app = web.Application()
         app.router.add_post("/v1/agents/{agent_id}/chat", self._chat)
         app.router.add_get("/v1/agents/{agent_id}", self._probe)
-        self._runner, self.url = await _serve(app)
+        self._runner, self.url = await serve(app)
 
     async def close(self) -> None:
         if self._runner is not None:
@@ -279,7 +307,7 @@ class BenchAgent:
             self._runner = None
 
     async def _probe(self, request: web.Request) -> web.Response:
-        return _json_response(b'{"id":"' + AGENT_ID.encode() + b'"}')
+        return json_response(b'{"id":"' + AGENT_ID.encode() + b'"}')
 
     async def _chat(self, request: web.Request) -> web.Response:
         arrived = time.monotonic()
@@ -297,4 +325,4 @@ class BenchAgent:
             "usage": {"input_tokens": words, "output_tokens": words + 1, "total_tokens": 2 * words},
         }
         self.answered_at.setdefault(message, time.monotonic())
-        return _json_response(json.dumps(answer).encode())
+        return json_response(json.dumps(answer).encode())

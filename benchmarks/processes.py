@@ -183,6 +183,28 @@ def relay_argv(api_url: str, token: str, agent_url: str, agent_id: str, api_key:
     ]
 
 
+def slack_relay_argv(
+    api_url: str, bot_token: str, app_token: str, agent_url: str, agent_id: str, api_key: str
+) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "benchmarks.relay_slack",
+        "--api-url",
+        api_url,
+        "--bot-token",
+        bot_token,
+        "--app-token",
+        app_token,
+        "--agent-url",
+        agent_url,
+        "--agent-id",
+        agent_id,
+        "--api-key",
+        api_key,
+    ]
+
+
 async def import_seconds(statement: str) -> float:
     """How long ``statement`` (imports) takes in a fresh interpreter, timed inside it."""
     code = f"import time; t = time.perf_counter(); {statement}; print(time.perf_counter() - t)"

@@ -1,7 +1,8 @@
 """What the benchmark does to a process under test: one `Session` is one process (the
 bridge or the relay) with its own fresh fakes; the load functions drive it and measure.
 
-Every load ends by awaiting the fake Telegram's "every message answered" event, and
+A session runs on one platform: Telegram (long polling) or Slack (Socket Mode, direct
+messages). Every load ends by awaiting the fake platform's "every message answered" event, and
 every session ends by stopping its process and checking that each message it was sent
 got exactly one reply, with the echoed text, in its own chat (`BenchError` otherwise).
 """
@@ -19,11 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks.fakes import AGENT_ID, API_KEY, BenchAgent, BenchTelegram, text_of
-from benchmarks.processes import BenchError, Process, bridge_argv, relay_argv
+from benchmarks.fakes import AGENT_ID, API_KEY, BenchAgent, BenchPlatform, BenchTelegram, text_of
+from benchmarks.fakes_slack import BenchSlack
+from benchmarks.processes import BenchError, Process, bridge_argv, relay_argv, slack_relay_argv
 
 BRIDGE = "bridge"
 RELAY = "relay"
+TELEGRAM = "telegram"
+SLACK = "slack"
+PLATFORMS = (TELEGRAM, SLACK)
 
 #: Each load gets its own users (chat ids), so that no two loads share a conversation.
 _user_bases = itertools.count(1)
@@ -67,22 +72,12 @@ def write_config(
     path: Path,
     *,
     storage_url: str,
-    telegram: BenchTelegram,
+    platform: BenchPlatform,
     agent: BenchAgent,
     limit_off: bool,
 ) -> None:
     """A real config file for ``agent-bridge run``: defaults everywhere but the
     addresses of the fakes and the database (and the flood limit, when ``limit_off``)."""
-    telegram_keys: dict[str, Any] = {
-        "bot_token": telegram.token,
-        "allowed_users": ["*"],
-        "api_url": telegram.api_url,
-    }
-    if limit_off:
-        setting = limit_setting()
-        if setting is None:
-            raise BenchError("this bridge has no key to switch the Telegram flood limit off")
-        telegram_keys[setting[0]] = setting[1]
     sections: dict[str, dict[str, Any]] = {
         "storage": {"url": storage_url},
         "agents.default": {
@@ -91,8 +86,28 @@ def write_config(
             "api_key": API_KEY,
             "base_url": agent.url,
         },
-        "telegram": telegram_keys,
     }
+    if isinstance(platform, BenchSlack):
+        slack: dict[str, Any] = {
+            "bot_token": platform.bot_token,
+            "app_token": platform.app_token,
+            "api_url": platform.api_url,
+        }
+        if limit_off:
+            slack["channel_messages_per_second"] = 0
+        sections["slack"] = slack
+    elif isinstance(platform, BenchTelegram):
+        telegram: dict[str, Any] = {
+            "bot_token": platform.token,
+            "allowed_users": ["*"],
+            "api_url": platform.api_url,
+        }
+        if limit_off:
+            setting = limit_setting()
+            if setting is None:
+                raise BenchError("this bridge has no key to switch the Telegram flood limit off")
+            telegram[setting[0]] = setting[1]
+        sections["telegram"] = telegram
     lines: list[str] = []
     for name, keys in sections.items():
         lines.append(f"[{name}]")
@@ -104,7 +119,7 @@ def write_config(
 @dataclass
 class Session:
     system: str
-    telegram: BenchTelegram
+    platform: BenchPlatform
     agent: BenchAgent
     process: Process
     #: Seconds from spawn to READY=1.
@@ -120,18 +135,18 @@ class Session:
                     raise BenchError(f"{self.system} exited {code}:\n{self.process.tail()}")
                 self.check_exactly_once()
         finally:
-            await self.telegram.close()
+            await self.platform.close()
             await self.agent.close()
 
     def check_exactly_once(self) -> None:
-        tg = self.telegram
-        lost = [t for t in self.sent if not tg.answers[t]]
-        doubled = [t for t in self.sent if tg.answers[t] > 1]
-        if lost or doubled or tg.stray:
+        fake = self.platform
+        lost = [t for t in self.sent if not fake.answers[t]]
+        doubled = [t for t in self.sent if fake.answers[t] > 1]
+        if lost or doubled or fake.stray:
             raise BenchError(
                 f"{self.system}: {len(self.sent)} messages sent, {len(lost)} unanswered "
                 f"(e.g. {sorted(lost)[:3]}), {len(doubled)} answered more than once "
-                f"(e.g. {sorted(doubled)[:3]}), {tg.stray} stray replies"
+                f"(e.g. {sorted(doubled)[:3]}), {fake.stray} stray replies"
             )
 
 
@@ -139,26 +154,33 @@ async def open_session(
     system: str,
     workdir: Path,
     *,
+    platform: str = TELEGRAM,
     storage_url: str = "",
     agent_latency: float = 0.0,
     limit_off: bool = False,
 ) -> Session:
     """Fresh fakes, then the process under test, started and READY."""
-    telegram = BenchTelegram()
+    fake: BenchPlatform = BenchSlack() if platform == SLACK else BenchTelegram()
     agent = BenchAgent(latency=agent_latency)
-    await telegram.start()
+    await fake.start()
     await agent.start()
     if system == BRIDGE:
         config = workdir / "agent-bridge.toml"
         write_config(
-            config, storage_url=storage_url, telegram=telegram, agent=agent, limit_off=limit_off
+            config, storage_url=storage_url, platform=fake, agent=agent, limit_off=limit_off
         )
-        argv = bridge_argv(config)
-    else:
-        argv = relay_argv(telegram.api_url, telegram.token, agent.url, AGENT_ID, API_KEY)
+        argv = bridge_argv(config) + (["-vv"] if os.environ.get("BENCH_VV") else [])
+    elif isinstance(fake, BenchSlack):
+        argv = slack_relay_argv(
+            fake.api_url, fake.bot_token, fake.app_token, agent.url, AGENT_ID, API_KEY
+        )
         argv += ["--max-in-flight", str(bridge_max_concurrency())]
-    process = Process(system, argv, workdir)
-    session = Session(system, telegram, agent, process)
+    else:
+        assert isinstance(fake, BenchTelegram)
+        argv = relay_argv(fake.api_url, fake.token, agent.url, AGENT_ID, API_KEY)
+        argv += ["--max-in-flight", str(bridge_max_concurrency())]
+    process = Process(f"{system}-{platform}", argv, workdir)
+    session = Session(system, fake, agent, process)
     try:
         session.startup = await process.start()
     except BaseException:
@@ -188,15 +210,15 @@ async def burst(session: Session, messages: int, chats: int, *, within: float) -
     the first one offered to the last reply, and the process's CPU time per message."""
     tag, base = f"b{next(_tags)}", next(_user_bases) * 100_000
     texts = [text_of(tag, i % chats, i // chats) for i in range(messages)]
-    tg = session.telegram
-    tg.expect(set(texts))
+    fake = session.platform
+    fake.expect(set(texts))
     session.sent.update(texts)
     cpu_before, own_before = session.process.cpu_seconds(), _own_cpu()
     started = time.monotonic()
     for i, text in enumerate(texts):
-        tg.push(base + i % chats, text)
+        fake.push(base + i % chats, text)
     await _wait(session, within)
-    finished = max(tg.answered_at[t] for t in texts)
+    finished = max(fake.answered_at[t] for t in texts)
     cpu = session.process.cpu_seconds() - cpu_before
     own = _own_cpu() - own_before
     return Burst(messages / (finished - started), cpu * 1000 / messages, own * 1000 / messages)
@@ -216,18 +238,18 @@ async def paced(
     """``messages`` offered one by one at ``rate`` a second, round robin over ``chats``."""
     tag, base = f"p{next(_tags)}", next(_user_bases) * 100_000
     texts = [text_of(tag, i % chats, i // chats) for i in range(messages)]
-    tg, agent = session.telegram, session.agent
-    tg.expect(set(texts))
+    fake, agent = session.platform, session.agent
+    fake.expect(set(texts))
     session.sent.update(texts)
     start = time.monotonic()
     for i, text in enumerate(texts):
         delay = start + i / rate - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)  # the pace of the load, not a wait for a state
-        tg.push(base + i % chats, text)
+        fake.push(base + i % chats, text)
     await _wait(session, within)
-    inbound = [agent.arrived_at[t] - tg.pushed_at[t] for t in texts]
-    outbound = [tg.answered_at[t] - agent.answered_at[t] for t in texts]
+    inbound = [agent.arrived_at[t] - fake.pushed_at[t] for t in texts]
+    outbound = [fake.answered_at[t] - agent.answered_at[t] for t in texts]
     return Latency(inbound, outbound)
 
 
@@ -241,14 +263,14 @@ async def crowd(session: Session, conversations: int, *, within: float) -> Crowd
     """One message in each of ``conversations`` chats at once (the agent is slow)."""
     tag, base = f"c{next(_tags)}", next(_user_bases) * 100_000
     texts = [text_of(tag, i, 0) for i in range(conversations)]
-    tg = session.telegram
-    tg.expect(set(texts))
+    fake = session.platform
+    fake.expect(set(texts))
     session.sent.update(texts)
     started = time.monotonic()
     for i, text in enumerate(texts):
-        tg.push(base + i, text)
+        fake.push(base + i, text)
     await _wait(session, within)
-    finished = max(tg.answered_at[t] for t in texts)
+    finished = max(fake.answered_at[t] for t in texts)
     return Crowd(finished - started, session.process.memory_kib("VmHWM"))
 
 
@@ -257,7 +279,7 @@ async def soak(
 ) -> list[int]:
     """A steady ``rate`` for ``minutes``; VmRSS (KiB) sampled every ``sample_every`` s."""
     tag, base = f"s{next(_tags)}", next(_user_bases) * 100_000
-    tg = session.telegram
+    fake = session.platform
     samples = [session.process.memory_kib("VmRSS")]
     start = time.monotonic()
     end = start + minutes * 60
@@ -271,10 +293,10 @@ async def soak(
         text = text_of(tag, i % chats, i // chats)
         texts.append(text)
         session.sent.add(text)
-        tg.push(base + i % chats, text)
+        fake.push(base + i % chats, text)
         i += 1
         await asyncio.sleep(max(0.0, start + i / rate - time.monotonic()))  # the pace
-    tg.expect(set(texts))
+    fake.expect(set(texts))
     await _wait(session, 120.0)
     samples.append(session.process.memory_kib("VmRSS"))
     return samples
@@ -284,7 +306,7 @@ async def _wait(session: Session, within: float) -> None:
     """Wait for every expected reply; fail early if the process died meanwhile."""
     proc = session.process.proc
     assert proc is not None
-    answered = asyncio.create_task(session.telegram.wait_answered(within))
+    answered = asyncio.create_task(session.platform.wait_answered(within))
     exited = asyncio.create_task(proc.wait())
     await asyncio.wait({answered, exited}, return_when=asyncio.FIRST_COMPLETED)
     exited.cancel()
@@ -294,7 +316,7 @@ async def _wait(session: Session, within: float) -> None:
     try:
         answered.result()
     except TimeoutError:
-        missing = session.telegram.missing()
+        missing = session.platform.missing()
         raise BenchError(
             f"{session.system}: {len(missing)} messages unanswered after {within:.0f} s "
             f"(e.g. {missing[:3]}):\n{session.process.tail()}"

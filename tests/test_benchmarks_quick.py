@@ -1,8 +1,8 @@
 """``python -m benchmarks --quick``: the end-to-end benchmark's smoke run.
 
-The bridge (``agent-bridge run``) and the minimal relay each answer a small load from
-the benchmark's fake Telegram and fake agent; the run exits 1 unless every message got
-exactly one reply with its echoed text. Takes about 15 s.
+The bridge (``agent-bridge run``) and the minimal relays each answer a small load from
+the benchmark's fake Telegram, fake Slack (Socket Mode) and fake agent; the run exits 1
+unless every message got exactly one reply with its echoed text. Takes about 30 s.
 """
 
 from __future__ import annotations
@@ -31,4 +31,7 @@ def test_quick_benchmark_answers_every_message_once() -> None:
     assert any(line.startswith("| measure | bridge SQLite | relay |") for line in lines)
     assert any(line.startswith("|---|") for line in lines)
     assert any(line.startswith("| throughput, default flood limit (msg/s) | ") for line in lines)
+    # Slack (Socket Mode) runs the same loads against its own relay.
+    slack = "| Slack: throughput, channel limit off (msg/s) | "
+    assert any(line.startswith(slack) for line in lines)
     assert "every message got exactly one reply" in done.stdout
