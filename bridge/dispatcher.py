@@ -402,7 +402,7 @@ class Dispatcher(Turns):
                         claim.conversation_id,
                         claim.taken_from,
                     )
-                self._start_worker(claim.conversation_id)
+                self._start_worker(claim.conversation_id, claim.first)
                 claimed.append(claim.conversation_id)
         self.metrics.leases_held.set(len(self._workers))
         async with self._changed:
@@ -413,21 +413,27 @@ class Dispatcher(Turns):
             return len(claimed)
         return await self._store.count_unfinished(conversation_ids=claimed)
 
-    def _start_worker(self, conversation_id: int) -> None:
+    def _start_worker(self, conversation_id: int, first: InboxMessage | None = None) -> None:
         if conversation_id in self._workers:  # pragma: no cover - excluded from claims
             return
         self._workers[conversation_id] = asyncio.create_task(
-            self._work(conversation_id), name=f"conversation-{conversation_id}"
+            self._work(conversation_id, first), name=f"conversation-{conversation_id}"
         )
 
     # --- the work ---------------------------------------------------------------------
 
-    async def _work(self, conversation_id: int) -> None:
+    async def _work(self, conversation_id: int, first: InboxMessage | None = None) -> None:
+        """Answer the conversation's messages in order while this instance holds it;
+        ``first`` is its oldest unfinished message as the claim read it."""
         owner = self.instance.id
         release = True
         try:
             while self._accepting:
-                message = await self._store.next_message(conversation_id, owner)
+                message: InboxMessage | None
+                if first is not None:
+                    message, first = first, None
+                else:
+                    message = await self._store.next_message(conversation_id, owner)
                 if message is None:
                     break
                 adapter = self._adapters.get(message.key.platform)

@@ -61,6 +61,27 @@ async def test_claims_oldest_first_within_the_limit_and_platforms(store: Store) 
     assert await claim(store, "i1", platforms=["slack"]) == [c.conversation_id]
 
 
+async def test_a_claim_carries_each_conversation_s_oldest_unfinished_message(
+    store: Store,
+) -> None:
+    a1 = await store.accept(incoming("a1", key=A))
+    a2 = await store.accept(incoming("a2", key=A))
+    b1 = await store.accept(incoming("b1", key=B))
+    assert a1 is not None and a2 is not None and b1 is not None
+    await register(store, "i1")
+    claims = await store.claim("i1", platforms=PLATFORMS, limit=10, lease_timeout=30)
+    firsts = {c.conversation_id: c.first for c in claims}
+    # What the worker would have read with next_message, without that read.
+    assert firsts == {
+        a1.conversation_id: await store.next_message(a1.conversation_id, "i1"),
+        b1.conversation_id: await store.next_message(b1.conversation_id, "i1"),
+    }
+    first_a = firsts[a1.conversation_id]
+    assert first_a is not None
+    assert (first_a.id, first_a.text, first_a.key) == (a1.id, a1.text, A)
+    assert first_a.status is MessageStatus.PENDING
+
+
 async def test_a_live_owner_keeps_its_conversation_and_a_dead_one_loses_it(
     store: Store, db: Database
 ) -> None:
