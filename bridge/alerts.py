@@ -116,6 +116,7 @@ class Alerter:
         *,
         agents: Mapping[str, object] | None = None,
         probe: HealthProbe | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
         self._store = store
@@ -123,6 +124,7 @@ class Alerter:
         self._metrics = metrics
         self._agents = dict(agents or {})
         self._probe = probe
+        self._clock = clock
         self._queue: asyncio.Queue[_Occurred | _Cleared] = asyncio.Queue()
         #: Agents whose clearing is queued already: a burst of answers is one look.
         self._clearing: set[str] = set()
@@ -248,7 +250,7 @@ class Alerter:
 
     def health_seen(self, problems: list[str]) -> None:
         """The health now: ``problems`` as /healthz names them (none: healthy)."""
-        now = time.monotonic()
+        now = self._clock()
         if not problems:
             self._unhealthy_since = None
             if self._may_clear_degraded:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -80,3 +81,25 @@ def test_a_wrong_value_names_its_key(alerts: dict, expected: str) -> None:
 def test_a_wrong_value_and_a_missing_platform_are_reported_at_once() -> None:
     found = problems({"agents": AGENTS, "alerts": {"slack_channel": "C0ADMIN", "repeat_after": 0}})
     assert {p.partition(":")[0] for p in found} == {"alerts.slack_channel", "alerts.repeat_after"}
+
+
+def test_the_example_documents_every_key_and_works_uncommented(tmp_path: Path) -> None:
+    from bridge.config import AlertsConfig, load_config
+
+    example = (Path(__file__).resolve().parent.parent / "config.example.toml").read_text()
+    for key in AlertsConfig.model_fields:
+        assert re.search(rf"^# {key} = ", example, re.M), f"alerts.{key} undocumented"
+    # Its [alerts] section, uncommented, is valid beside the example's platforms.
+    head, _, section = example.partition("# [alerts]\n")
+    active = "\n".join(line.removeprefix("# ") for line in section.splitlines())
+    path = tmp_path / "agent-bridge.toml"
+    path.write_text(f"{head}[alerts]\n{active}\n", encoding="utf-8")
+    names = set(
+        re.findall(
+            r"\$\{([A-Z_]+)\}", "\n".join(line.partition("#")[0] for line in example.splitlines())
+        )
+    )
+    config = load_config(path, {name: f"value-{name.lower()}" for name in names})
+    assert config.alerts is not None
+    assert config.alerts.telegram_chat == -1001234567890
+    assert config.alerts.slack_channel == "C0ADMINS"
