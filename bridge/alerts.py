@@ -126,8 +126,9 @@ class Alerter:
         self._probe = probe
         self._clock = clock
         self._queue: asyncio.Queue[_Occurred | _Cleared] = asyncio.Queue()
-        #: Agents whose clearing is queued already: a burst of answers is one look.
-        self._clearing: set[str] = set()
+        #: What is queued already (`_key`): a burst of turns is one look at the
+        #: store, and the queue stays short while the store is away.
+        self._queued: set[tuple[str, ...]] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._unhealthy_since: float | None = None
         #: Whether this process may have to clear ``degraded``: it saw it, or it
@@ -172,11 +173,14 @@ class Alerter:
         Never blocks, never raises: the work is queued."""
         if error_kind in AGENT_KINDS:
             self._put(_Occurred(error_kind, agent))
-        elif error_kind is None and agent not in self._clearing:
-            self._clearing.add(agent)
+        elif error_kind is None:
             self._put(_Cleared(agent, AGENT_KINDS))
 
     def _put(self, item: _Occurred | _Cleared) -> None:
+        key = _key(item)
+        if key in self._queued:
+            return
+        self._queued.add(key)
         self.idle.clear()
         self._queue.put_nowait(item)
 
@@ -185,11 +189,11 @@ class Alerter:
     async def _work(self) -> None:
         while True:
             item = await self._queue.get()
+            self._queued.discard(_key(item))  # one coming meanwhile is looked at again
             try:
                 if isinstance(item, _Occurred):
                     await self._occurred(item)
                 else:
-                    self._clearing.discard(item.subject)
                     await self._cleared(item)
             except BridgeError as exc:  # the store is away: the next occurrence retries
                 log.warning("alerts: %s", exc)
@@ -228,8 +232,14 @@ class Alerter:
                 continue
             try:
                 await adapter.post_notice(chat, text)
-            except AdapterError as exc:
-                log.warning("alerts: could not send an alert to %s %s: %s", platform, chat, exc)
+            except Exception as exc:  # whatever it is, the claim must be released
+                log.warning(
+                    "alerts: could not send an alert to %s %s: %s",
+                    platform,
+                    chat,
+                    exc,
+                    exc_info=not isinstance(exc, AdapterError),
+                )
                 continue
             sent = True
         return sent
@@ -305,6 +315,12 @@ class Alerter:
     def _id_key(self, agent: str) -> str:
         backend = getattr(self._agents.get(agent), "backend", "")
         return ID_KEYS.get(str(backend), "agent_id")
+
+
+def _key(item: _Occurred | _Cleared) -> tuple[str, ...]:
+    if isinstance(item, _Occurred):
+        return ("occurred", item.kind, item.subject)
+    return ("cleared", item.subject, *item.kinds)
 
 
 def _when(moment: datetime) -> str:
