@@ -35,7 +35,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, Self
 
@@ -55,6 +55,13 @@ DEGRADED = "degraded"
 BRIDGE = "bridge"
 #: The ``kind`` label of `Metrics.alerts_sent` for a recovery message.
 RECOVERY = "recovery"
+#: A problem's name in the alert and its recovery message.
+TITLES = {
+    "insufficient_balance": "out of credit",
+    "unauthorized": "API key refused",
+    "not_found": "agent not found",
+    "budget_agent_cap": "budget cap reached",
+}
 #: The key that names an agent's id, per backend (the 404 alert's hint).
 ID_KEYS = {"thinnest": "agent_id", "peaka": "project_id", "openai": "model", "http": "url"}
 #: How often the health is looked at, at most (a smaller ``degraded_after`` looks
@@ -280,37 +287,43 @@ class Alerter:
         since = _when(record.since)
         if record.kind == DEGRADED:
             return (
-                f"⚠️ **agent-bridge is degraded** (since {since}): {record.detail}.\n"
+                f"⚠️ **agent-bridge is degraded** since {since}: {record.detail}.\n"
                 "What to do: look at /healthz and the bridge's log; a platform may be "
-                "down or refusing the connection."
+                "down, or refuse the connection."
             )
+        title = TITLES.get(record.kind, record.kind)
         what, todo = {
             "insufficient_balance": (
-                "its account is out of credit (the agent answered 402); users get the "
-                "out-of-credit text",
-                "top up the balance with the agent's provider",
+                "The agent answered 402 (insufficient balance): users get the "
+                "out-of-credit text instead of answers.",
+                "top up the balance with the agent's provider.",
             ),
             "unauthorized": (
-                "the agent refused the bridge's API key (401/403)",
-                f"check the key `agents.{name}.api_key`",
+                "The agent refused the bridge's API key (401/403).",
+                f"check the key `agents.{name}.api_key` (and that it may use this agent).",
             ),
             "not_found": (
-                "the agent does not exist at the provider (404)",
-                f"check the agent id `agents.{name}.{self._id_key(name)}`",
+                "The agent's provider does not know this agent (404).",
+                f"check the agent id `agents.{name}.{self._id_key(name)}`.",
             ),
             "budget_agent_cap": (
-                "its overall budget cap is reached; users get the budget text",
-                "raise the agent's cap in [budgets], or wait until it resets",
+                "Its overall budget cap is reached: users get the budget text, the "
+                "agent is not called.",
+                "raise the agent's cap in [budgets], or wait until it resets.",
             ),
-        }.get(record.kind, (record.kind, "look at the bridge's log"))
-        return f"⚠️ **Agent `{name}`**: {what} (since {since}).\nWhat to do: {todo}."
+        }.get(record.kind, ("", "look at the bridge's log."))
+        return f"⚠️ **Agent `{name}`: {title}** since {since}.\n{what}\nWhat to do: {todo}"
 
     def _recovery_text(self, record: AlertRecord) -> str:
         since = _when(record.since)
+        lasted = _duration(datetime.now(UTC) - record.since)
         if record.kind == DEGRADED:
-            return f"✅ **agent-bridge is healthy again** (degraded since {since})."
-        label = record.kind.replace("_", " ")
-        return f"✅ **Agent `{record.subject}`** answers again ({label} since {since})."
+            return f"✅ **agent-bridge is healthy again**, after {lasted} (degraded since {since})."
+        title = TITLES.get(record.kind, record.kind)
+        return (
+            f"✅ **Agent `{record.subject}` answers again**, after {lasted} "
+            f"({title} since {since})."
+        )
 
     def _id_key(self, agent: str) -> str:
         backend = getattr(self._agents.get(agent), "backend", "")
@@ -321,6 +334,14 @@ def _key(item: _Occurred | _Cleared) -> tuple[str, ...]:
     if isinstance(item, _Occurred):
         return ("occurred", item.kind, item.subject)
     return ("cleared", item.subject, *item.kinds)
+
+
+def _duration(span: timedelta) -> str:
+    minutes = max(0, round(span.total_seconds() / 60))
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
 
 
 def _when(moment: datetime) -> str:

@@ -103,3 +103,20 @@ def test_the_example_documents_every_key_and_works_uncommented(tmp_path: Path) -
     assert config.alerts is not None
     assert config.alerts.telegram_chat == -1001234567890
     assert config.alerts.slack_channel == "C0ADMINS"
+
+
+def test_check_offline_describes_the_alerts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bridge.cli import main
+
+    path = tmp_path / "agent-bridge.toml"
+    path.write_text(
+        '[agents.default]\nbackend = "echo"\n\n'
+        '[telegram]\nbot_token = "1:abc"\nallowed_users = [1]\n\n'
+        "[alerts]\ntelegram_chat = -100123\nrepeat_after = 600\n",
+        encoding="utf-8",
+    )
+    assert main(["check", "--offline", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "alerts: to Telegram chat -100123, each problem at most every 600s" in out
