@@ -1,7 +1,9 @@
 """Admin alerts through `agent-bridge run`, as a real subprocess against `FakeTelegram`,
 `FakeSlack` and `FakeAgentServer`: the agent answering 402 sends one alert to the
 admins' chat (channel), not a second one within ``alerts.repeat_after``, then a
-recovery message once the agent answers again; counted in /metrics."""
+recovery message once the agent answers again; counted in /metrics. Telegram polling
+failing for longer than ``alerts.degraded_after`` announces the bridge degraded, and
+its recovery once polling works again."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import httpx
 from tests.daemon.conftest import BridgeProcess, free_port, subprocess_env
 from tests.fakes.agents import FAKE_API_KEY, FakeAgentServer, FakeResponse, thinnest_config_toml
 from tests.fakes.slack import FakeSlack
-from tests.fakes.telegram import ALICE, FakeTelegram, private_text
+from tests.fakes.telegram import ALICE, FakeError, FakeTelegram, private_text
 
 ADMINS = -1000777
 OUT_OF_CREDIT = FakeResponse(status=402, json={"detail": "Insufficient balance"})
@@ -124,3 +126,42 @@ async def test_a_401_alerts_the_slack_channel_with_the_key_to_check(tmp_path: Pa
     assert "agents.default.api_key" in admins[0] and "401" in admins[0]
     assert "answers again" in admins[1]
     assert [p.markdown for p in posts if p.args.get("channel") == "C1"][-1] == "echo: two"
+
+
+async def test_telegram_unreachable_past_degraded_after_alerts_then_recovers(
+    tmp_path: Path,
+) -> None:
+    async with FakeTelegram() as tg, FakeAgentServer() as agents:
+        config = telegram_config(tmp_path, tg, agents, free_port())
+        text = config.read_text(encoding="utf-8").replace(
+            "repeat_after = 3600\n", "repeat_after = 3600\ndegraded_after = 1\n"
+        )
+        config.write_text(text, encoding="utf-8")
+        bridge = BridgeProcess(config, subprocess_env())
+        try:
+            await bridge.start()
+            try:
+                await tg.wait_calls("getUpdates", within=30)
+            except TimeoutError:
+                raise AssertionError(bridge.stderr) from None
+            # Polling fails (sendMessage still works): the adapter is disconnected.
+            tg.fail_always("getUpdates", FakeError(502, "Bad Gateway"))
+            try:
+                [alert] = await tg.wait_sent(ADMINS, within=20)
+            except TimeoutError:
+                raise AssertionError(bridge.stderr) from None
+            tg.clear_failures()
+            # An update ends the next long poll at once: polling works again.
+            tg.push(private_text(ALICE, "are you back?"))
+            try:
+                admin = await tg.wait_sent(ADMINS, count=2, within=30)
+            except TimeoutError:
+                raise AssertionError(bridge.stderr) from None
+            bridge.signal(signal.SIGTERM)
+            assert await bridge.wait() == 0, bridge.stderr
+        finally:
+            await bridge.kill()
+
+    assert "degraded" in alert.params["text"] and "telegram: disconnected" in alert.params["text"]
+    assert "healthy again" in admin[1].params["text"]
+    assert len(tg.sent(ADMINS)) == 2
