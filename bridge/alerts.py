@@ -18,7 +18,13 @@ per kind and subject, whichever instance sees it: the store decides who sends
 (`AlertStore`), and a recovery message follows an announced problem.
 
 Nothing here holds up a turn: `observe` only queues, and one worker task sends,
-in order. A failed send is logged, and the next occurrence tries again.
+in order. A failed send is logged, and the next occurrence tries again (a failed
+recovery message is only logged: its problem is gone).
+
+``degraded`` is one problem for all instances: each watches its own health (the
+/healthz report, every ``HEALTH_INTERVAL`` at most); an instance clears it only if
+it saw it itself, or has just started (its predecessor's may still be open), so a
+healthy instance does not clear the problem of one that is still unhealthy.
 
 Example::
 
