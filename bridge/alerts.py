@@ -23,8 +23,8 @@ recovery message is only logged: its problem is gone).
 
 ``degraded`` is one problem for all instances: each watches its own health (the
 /healthz report, every ``HEALTH_INTERVAL`` at most); an instance clears it only if
-it saw it itself, or has just started (its predecessor's may still be open), so a
-healthy instance does not clear the problem of one that is still unhealthy.
+it saw it itself, or has just started (its predecessor's may still be open), so an
+instance that was healthy all along does not clear another's problem.
 
 Example::
 
