@@ -135,6 +135,9 @@ class ConsoleAdapter(ChatAdapter):
         if future is not None and not future.done():
             future.set_result(reply)
 
+    async def post_notice(self, chat: str, text: str) -> None:
+        self._print(f"[notice to {chat}] {text}")
+
     def _print(self, text: str) -> None:
         if self._above is not None:
             self._above.write(text + "\n")

@@ -469,6 +469,9 @@ class SlackAdapter(ChatAdapter):
             stream=self._streams.get(message.id),
         )
 
+    async def post_notice(self, chat: str, text: str) -> None:
+        await self._require_posts().notice(chat, text)
+
     @contextlib.asynccontextmanager
     async def working(self, message: InboxMessage) -> AsyncIterator[None]:
         if self._assistant is None:

@@ -324,6 +324,13 @@ class SlackPoster:
         except AdapterError as exc:
             log.warning("could not post a note in %s: %s", key, exc.reason)
 
+    async def notice(self, channel: str, text: str) -> None:
+        """A message of its own in ``channel`` (an admin alert); raises `AdapterError`."""
+        await self._pace.turn(channel)
+        await call_api(
+            "chat.postMessage", self._client.chat_postMessage(channel=channel, markdown_text=text)
+        )
+
     async def ephemeral(self, channel: str, user: str, text: str, thread_ts: str | None) -> None:
         """A note only ``user`` sees; a failure is only logged."""
         try:

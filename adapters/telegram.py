@@ -433,6 +433,10 @@ class TelegramAdapter(ChatAdapter):
                 await self.dispatcher.note_pieces(message, index + 1)
         self._progress.pop(message.id, None)
 
+    async def post_notice(self, chat: str, text: str) -> None:
+        for chunk in render(text):
+            await self._send_chunk(int(chat), None, chunk, None)
+
     async def _send_chunk(
         self, chat_id: int, thread: int | None, chunk: Chunk, reply_to: int | None
     ) -> None:

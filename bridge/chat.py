@@ -34,6 +34,7 @@ from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import TYPE_CHECKING, ClassVar, Self
 
+from bridge.errors import AdapterError
 from bridge.model import InboxMessage, Reply
 
 if TYPE_CHECKING:
@@ -92,6 +93,12 @@ class ChatAdapter(ABC):
         dispatcher still posts the final reply with `send_reply`, which may finish
         the live view in place rather than post anew. Default: None."""
         return None
+
+    async def post_notice(self, chat: str, text: str) -> None:
+        """Post ``text`` (Markdown) to ``chat``, a chat or channel id of the
+        platform, outside any conversation (an admin alert, `bridge.alerts`).
+        Raise `AdapterError` if it could not be posted. Default: it cannot."""
+        raise AdapterError(self.platform, "cannot post a notice outside a conversation")
 
     async def check(self) -> str:
         """Check the credentials live (e.g. ``auth.test``); return a one-line

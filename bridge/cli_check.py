@@ -160,6 +160,14 @@ def describe_config(config: Config) -> list[str]:
         )
     else:
         lines.append("slack: not configured")
+    if config.alerts is not None:
+        al = config.alerts
+        places = [f"Telegram chat {al.telegram_chat}"] if al.telegram_chat is not None else []
+        places += [f"Slack channel {al.slack_channel}"] if al.slack_channel else []
+        lines.append(
+            f"alerts: to {' and '.join(places)}, each problem at most every "
+            f"{al.repeat_after:g}s, degraded after {al.degraded_after:g}s"
+        )
     daemon = config.daemon
     lines.append(
         f"daemon: health {'on ' + daemon.http_listen if daemon.http_listen else 'off'}, "

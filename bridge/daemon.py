@@ -61,6 +61,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from pydantic import BaseModel
 
 from bridge import __version__
+from bridge.alerts import Alerter
 from bridge.backends.http import HttpAgentBackend
 from bridge.checks import config_warnings
 from bridge.config import Config, load_config
@@ -295,20 +296,32 @@ class Daemon:
         await self._start_adapters(stack)
         await self._wait_connected()
 
+        # Built without http_listen too: the alerts read its report (it then never listens).
+        health = HealthServer(
+            self.config.daemon.http_listen or "127.0.0.1:0",
+            store=core.store,
+            dispatcher=core.dispatcher,
+            adapters=self.adapters,
+            metrics=self.metrics,
+            stuck_after=self.config.daemon.stuck_after,
+            instance_id=core.instance.id,
+        )
+        if self.config.alerts is not None:
+            # Before resuming, so that the resumed turns are seen too.
+            core.dispatcher.alerts = await stack.enter_async_context(
+                Alerter(
+                    self.config.alerts,
+                    core.store,
+                    {a.platform: a for a in self.adapters},
+                    self.metrics,
+                    agents=self.config.agents,
+                    probe=health.health,
+                )
+            )
         self._set_status("Starting: resuming unfinished messages")
         resumed = await core.dispatcher.resume()
         if self.config.daemon.http_listen is not None:
-            self.health = await stack.enter_async_context(
-                HealthServer(
-                    self.config.daemon.http_listen,
-                    store=core.store,
-                    dispatcher=core.dispatcher,
-                    adapters=self.adapters,
-                    metrics=self.metrics,
-                    stuck_after=self.config.daemon.stuck_after,
-                    instance_id=core.instance.id,
-                )
-            )
+            self.health = await stack.enter_async_context(health)
         names = ", ".join(self.platforms)
         log.info("ready: %s; resumed %d unfinished messages", names, resumed)
         self._status = f"Ready: {names}; {resumed} resumed"

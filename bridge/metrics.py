@@ -119,6 +119,13 @@ class Metrics:
             registry=r,
         )
 
+        self.alerts_sent = Counter(
+            "agent_bridge_alerts_sent",
+            'Admin alerts sent ([alerts]), by problem kind; recovery messages as "recovery".',
+            ["kind"],
+            registry=r,
+        )
+
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""
         return generate_latest(self.registry)

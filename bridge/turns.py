@@ -56,6 +56,7 @@ from bridge.model import (
 )
 
 if TYPE_CHECKING:
+    from bridge.alerts import Alerter
     from bridge.backends.base import AgentBackend
     from bridge.chat import ChatAdapter
     from bridge.stream import AgentEvent, LiveAnswer
@@ -103,6 +104,8 @@ class Turns:
     _wake: asyncio.Event
     _timers: set[asyncio.TimerHandle]
     _no_timers: asyncio.Event
+    #: Told how each turn ended, for the admin alerts (set by the daemon with [alerts]).
+    alerts: Alerter | None = None
 
     def note_refused(self, platform: str) -> None:
         self.metrics.refused.labels(platform).inc()
@@ -152,6 +155,8 @@ class Turns:
                 return Next.CONTINUE  # finished by `cancel`, which stored it as failed
             if reply is None:
                 return Next.STOP
+            if self.alerts is not None:
+                self.alerts.observe(message.agent, reply.error_kind)  # queued: no wait
             if not await self._save_answer(message, reply, turn):
                 return Next.STOP
             return await self._deliver(

@@ -216,3 +216,20 @@ feedback = Table(
     Column("created_at", UTCDateTime, nullable=False, index=True),
     UniqueConstraint("message_id", "user_id"),
 )
+
+#: Admin alerts (``storage/alerts.py``): one row per problem kind and subject (an
+#: agent's name, or "bridge"), kept after the problem clears so that
+#: ``alerts.repeat_after`` spaces its alerts even when it comes and goes.
+#: ``since`` is when the problem began (NULL: not present now); ``sent_at`` when
+#: its last alert went out (NULL: never, or the send failed). Instances decide
+#: who sends with conditional UPDATEs on this row.
+alerts = Table(
+    "alerts",
+    metadata,
+    Column("kind", String(32), primary_key=True),
+    Column("subject", String, primary_key=True),
+    Column("since", UTCDateTime, nullable=True),
+    Column("sent_at", UTCDateTime, nullable=True),
+    #: What was seen last (health reasons), for the alert's text; never a secret.
+    Column("detail", Text, nullable=False),
+)

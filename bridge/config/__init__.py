@@ -38,6 +38,7 @@ from bridge.config.agents import (
     PeakaAgentConfig,
     ThinnestAgentConfig,
 )
+from bridge.config.alerts import AlertsConfig
 from bridge.config.fields import (
     DEFAULT_CONFIG_NAME,
     DEFAULT_STORAGE_URL,
@@ -78,6 +79,7 @@ __all__ = [
     "TELEGRAM_API_URL",
     "AgentBase",
     "AgentConfig",
+    "AlertsConfig",
     "Config",
     "ConfigError",
     "DaemonConfig",

@@ -19,6 +19,7 @@ from pydantic import (
 )
 
 from bridge.config.agents import AGENT_MODELS, BACKENDS
+from bridge.config.alerts import alerts_problems
 from bridge.config.fields import (
     DEFAULT_CONFIG_NAME,
     ENV_CONFIG,
@@ -89,7 +90,7 @@ def parse_config(
         names = list(agents) if isinstance(agents, dict) else []
     else:
         telegram, slack, names = config.telegram, config.slack, list(config.agents)
-    for line in _cross_check(names, telegram, slack):
+    for line in [*_cross_check(names, telegram, slack), *alerts_problems(resolved)]:
         # A key whose own value is wrong is not also wrong with its neighbours.
         if not _reported(problems, line.partition(":")[0]):
             problems.append(line)
