@@ -11,7 +11,8 @@ async), assembled from its parts along their seams:
 - `storage.instances.Instances`: live instances and named leases;
 - `storage.history.History`: the turns of stateless agents' threads (the
   core's `bridge.history.ConversationHistory`);
-- `storage.feedback.Feedback`: users' feedback on the agent's answers.
+- `storage.feedback.Feedback`: users' feedback on the agent's answers;
+- `storage.access.AccessLists`: the allowlist kept in the store and its pairing codes.
 
 Every method is one transaction, committed when it returns.
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import logging
 
+from storage.access import AccessLists
 from storage.database import MIGRATION_LOCK_KEY, MIGRATIONS, SQLITE_BUSY_TIMEOUT
 from storage.feedback import Feedback, FeedbackEntry
 from storage.history import History
@@ -34,7 +36,7 @@ from storage.queue import FINISHED, UNFINISHED, Claim, Queue, QueueStats
 log = logging.getLogger("storage")
 
 
-class Store(Queue, Instances, History, Feedback):
+class Store(Queue, Instances, History, Feedback, AccessLists):
     """The inbox, the conversations, the instances, the history and the feedback;
     an async context manager.
 
