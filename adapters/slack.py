@@ -102,7 +102,7 @@ class SlackAdapter(ChatAdapter):
     ``connect_timeout`` are tuning knobs for tests; the defaults suit production."""
 
     platform = PLATFORM
-    reloadable = frozenset({"allowed_channels", "allowed_users", "allowed_teams"})
+    reloadable = frozenset({"allowed_channels", "allowed_users", "allowed_teams", "admins"})
 
     def __init__(
         self,

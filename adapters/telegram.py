@@ -131,7 +131,7 @@ class TelegramAdapter(ChatAdapter):
     """
 
     platform = PLATFORM
-    reloadable = frozenset({"allowed_users", "allowed_chats"})
+    reloadable = frozenset({"allowed_users", "allowed_chats", "admins"})
 
     def __init__(self, dispatcher: Dispatcher, config: TelegramConfig) -> None:
         super().__init__(dispatcher)

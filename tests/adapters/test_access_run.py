@@ -13,7 +13,15 @@ from pathlib import Path
 from bridge.access import APPROVED_TEXT, CODE_ALPHABET, CODE_LENGTH
 from tests.daemon.conftest import REPO, BridgeProcess, subprocess_env
 from tests.fakes.agents import FakeAgentServer, thinnest_config_toml
-from tests.fakes.telegram import ALICE, BOB, MALLORY, FakeTelegram, private_text
+from tests.fakes.telegram import (
+    ALICE,
+    BOB,
+    GROUP_ID,
+    MALLORY,
+    FakeTelegram,
+    group_mention,
+    private_text,
+)
 
 CODE = re.compile(rf"code: ([{CODE_ALPHABET}]{{{CODE_LENGTH}}})\n")
 
@@ -125,7 +133,10 @@ async def test_an_admins_approve_works_and_a_non_admins_is_refused(tmp_path: Pat
     async with FakeTelegram() as tg, FakeAgentServer() as agents:
         bridge = await started(tmp_path, tg, agents)
         try:
+            # Refused in a group: silence, and no code for the group to read.
+            tg.push(group_mention(MALLORY, "anyone?"))
             first = await refusal_code(tg, "hello?")
+            assert tg.sent(GROUP_ID) == []
             # Asking again within the hour: the same code (told once, then silence).
             tg.push(private_text(MALLORY, "hello again?"))
             tg.push(private_text(BOB, f"/approve {first}"))  # Bob is allowed, not an admin
@@ -143,6 +154,11 @@ async def test_an_admins_approve_works_and_a_non_admins_is_refused(tmp_path: Pat
             replies = await tg.wait_sent(MALLORY.id, count=3, within=15)
             assert replies[-1].params["text"] == "echo: thanks"
 
+            # Approved like a listed user: in groups too.
+            tg.push(group_mention(MALLORY, "and here?"))
+            [group] = await tg.wait_sent(GROUP_ID, within=15)
+            assert group.params["text"] == "echo: and here?"
+
             tg.push(private_text(ALICE, f"/approve {first}"))  # reused
             again = await tg.wait_sent(ALICE.id, count=2, within=15)
             assert "Not approved: unknown or already used" in again[-1].params["text"]
@@ -151,4 +167,4 @@ async def test_an_admins_approve_works_and_a_non_admins_is_refused(tmp_path: Pat
             assert f"approve  telegram:{MALLORY.id}  telegram:{ALICE.id}" in out
         finally:
             await bridge.kill()
-        assert [c.json["message"] for c in agents.chat_calls] == ["thanks"]
+        assert [c.json["message"] for c in agents.chat_calls] == ["thanks", "and here?"]
