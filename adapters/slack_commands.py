@@ -36,7 +36,8 @@ TEXT_HELP = (
     "{followups}\n"
     "• In a DM: just write; every message is answered.\n"
     "• `@{name} reset` in a thread (or `reset` in a DM) starts the conversation over.\n"
-    "*Commands*: `/agent status`, `/agent reset` (in a DM), `/agent help`."
+    "*Commands*: `/agent status`, `/agent reset` (in a DM), `/agent help`; "
+    "admins: `/agent approve CODE`."
 )
 TEXT_FOLLOWUPS = "Later messages in that thread are answered without a new mention."
 
