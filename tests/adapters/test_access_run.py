@@ -8,10 +8,14 @@ from __future__ import annotations
 import asyncio
 import re
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
+
+import pytest
 
 from bridge.access import APPROVED_TEXT, CODE_ALPHABET, CODE_LENGTH
 from tests.daemon.conftest import REPO, BridgeProcess, subprocess_env
+from tests.e2e.conftest import fresh_database
 from tests.fakes.agents import FakeAgentServer, thinnest_config_toml
 from tests.fakes.telegram import (
     ALICE,
@@ -26,11 +30,13 @@ from tests.fakes.telegram import (
 CODE = re.compile(rf"code: ([{CODE_ALPHABET}]{{{CODE_LENGTH}}})\n")
 
 
-def write_config(tmp_path: Path, tg: FakeTelegram, agents: FakeAgentServer) -> Path:
+def write_config(
+    tmp_path: Path, tg: FakeTelegram, agents: FakeAgentServer, url: str | None = None
+) -> Path:
     path = tmp_path / "agent-bridge.toml"
     path.write_text(
         "[storage]\n"
-        f'url = "sqlite+aiosqlite:///{tmp_path}/bridge.db"\n\n'
+        f'url = "{url or f"sqlite+aiosqlite:///{tmp_path}/bridge.db"}"\n\n'
         f"{thinnest_config_toml(agents.url)}\n"
         "[telegram]\n"
         f'bot_token = "{tg.token}"\n'
@@ -72,8 +78,10 @@ async def refusal_code(tg: FakeTelegram, text: str) -> str:
     return match.group(1)
 
 
-async def started(tmp_path: Path, tg: FakeTelegram, agents: FakeAgentServer) -> BridgeProcess:
-    bridge = BridgeProcess(write_config(tmp_path, tg, agents), subprocess_env())
+async def started(
+    tmp_path: Path, tg: FakeTelegram, agents: FakeAgentServer, url: str | None = None
+) -> BridgeProcess:
+    bridge = BridgeProcess(write_config(tmp_path, tg, agents, url), subprocess_env())
     await bridge.start()
     try:
         await tg.wait_calls("getUpdates", within=30)
@@ -82,11 +90,22 @@ async def started(tmp_path: Path, tg: FakeTelegram, agents: FakeAgentServer) -> 
     return bridge
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def storage_url(request: pytest.FixtureRequest) -> AsyncIterator[str | None]:
+    """None: the default SQLite file; else a fresh PostgreSQL database (skipped
+    unless AGENT_BRIDGE_TEST_DATABASE_URL names a server)."""
+    if request.param == "sqlite":
+        yield None
+        return
+    async with fresh_database("ab_access") as url:
+        yield url.render_as_string(hide_password=False)
+
+
 async def test_a_refused_user_approved_with_the_cli_is_answered_without_a_restart(
-    tmp_path: Path,
+    tmp_path: Path, storage_url: str | None
 ) -> None:
     async with FakeTelegram() as tg, FakeAgentServer() as agents:
-        bridge = await started(tmp_path, tg, agents)
+        bridge = await started(tmp_path, tg, agents, storage_url)
         try:
             code = await refusal_code(tg, "let me in")
             assert agents.chat_calls == []
