@@ -381,9 +381,13 @@ class SlackAdapter(ChatAdapter):
                 event, team=team, identity=ident, config=self.config, approved=True
             )
         if isinstance(decision, Refuse):
-            if self._seen_notes.add(message_id):
+            # The code first: on a StorageError Slack retries, and the note is still due.
+            text = None
+            if message_id not in self._seen_notes:
                 access = self.dispatcher.access
                 text = await refusal_text(access, decision.why, decision.user, decision.channel)
+            # add(): a copy of the event may have come in during the await.
+            if text is not None and self._seen_notes.add(message_id):
                 log.info(
                     "refused Slack message: %s (user=%s channel=%s team=%s)",
                     decision.why,
