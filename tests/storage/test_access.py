@@ -4,6 +4,7 @@ through `bridge.access.Access`), on SQLite and, when
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -135,3 +136,14 @@ async def test_two_stores_agree_without_a_cache(db: Database, clock: Clock) -> N
         assert not await b.approved("telegram", "6666")
         await a.approve(code, actor="cli:root")
         assert await b.approved("telegram", "6666")
+
+
+async def test_two_instances_refusing_one_person_at_once_hand_out_one_code(
+    db: Database, clock: Clock
+) -> None:
+    async with db.store() as one, db.store() as two:
+        a, b = Access(one, clock=clock), Access(two, clock=clock)
+        codes = await asyncio.gather(*(access.code_for("slack", "U0666") for access in [a, b] * 4))
+        assert len(set(codes)) == 1
+        _, pending = await a.listing()
+        assert [p.code for p in pending] == codes[:1]
