@@ -44,6 +44,7 @@ from slack_bolt.response import BoltResponse
 from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.base import AdapterState, ChatAdapter
+from adapters.slack_access import refusal_text
 from adapters.slack_assistant import AssistantThreads
 from adapters.slack_commands import answer_command
 from adapters.slack_context import thread_context
@@ -53,6 +54,7 @@ from adapters.slack_events import (
     TEXT_REFUSED,
     TEXT_RESET,
     TEXT_STORAGE,
+    USER_NOT_ALLOWED,
     Accept,
     Note,
     Refuse,
@@ -73,7 +75,7 @@ from adapters.slack_web import auth_test, posting_client, read_back_client, web_
 from bridge.chat import LIVE_REF
 from bridge.config import SlackConfig
 from bridge.errors import AdapterError, StorageError
-from bridge.model import InboxMessage, Reply
+from bridge.model import ConversationKey, InboxMessage, Reply
 from bridge.stream import LiveAnswer
 from bridge.web import ListenError, serve
 
@@ -100,7 +102,7 @@ class SlackAdapter(ChatAdapter):
     ``connect_timeout`` are tuning knobs for tests; the defaults suit production."""
 
     platform = PLATFORM
-    reloadable = frozenset({"allowed_channels", "allowed_users", "allowed_teams"})
+    reloadable = frozenset({"allowed_channels", "allowed_users", "allowed_teams", "admins"})
 
     def __init__(
         self,
@@ -369,8 +371,23 @@ class SlackAdapter(ChatAdapter):
         if decision.followup and await self.dispatcher.conversation(decision.key) is None:
             return  # a thread the bot is not part of
         message_id = decision.message_id
+        # Asked only now that the config refuses: the store's allowlist (no cache).
+        if (
+            isinstance(decision, Refuse)
+            and decision.why == USER_NOT_ALLOWED
+            and await self.dispatcher.access.approved(PLATFORM, decision.user)
+        ):
+            decision = read_event(
+                event, team=team, identity=ident, config=self.config, approved=True
+            )
         if isinstance(decision, Refuse):
-            if self._seen_notes.add(message_id):
+            # The code first: on a StorageError Slack retries, and the note is still due.
+            text = None
+            if message_id not in self._seen_notes:
+                access = self.dispatcher.access
+                text = await refusal_text(access, decision.why, decision.user, decision.channel)
+            # add(): a copy of the event may have come in during the await.
+            if text is not None and self._seen_notes.add(message_id):
                 log.info(
                     "refused Slack message: %s (user=%s channel=%s team=%s)",
                     decision.why,
@@ -381,7 +398,7 @@ class SlackAdapter(ChatAdapter):
                 self.dispatcher.note_refused(PLATFORM)
                 self._spawn(
                     self._require_posts().ephemeral(
-                        decision.channel, decision.user, TEXT_REFUSED, decision.key.thread
+                        decision.channel, decision.user, text, decision.key.thread
                     )
                 )
         elif isinstance(decision, Reset):
@@ -432,11 +449,21 @@ class SlackAdapter(ChatAdapter):
     async def _on_command(self, ack: AsyncAck, command: dict[str, Any]) -> None:
         assert self.identity is not None
         text = await answer_command(
-            command, dispatcher=self.dispatcher, config=self.config, identity=self.identity
+            command,
+            dispatcher=self.dispatcher,
+            config=self.config,
+            identity=self.identity,
+            tell=self._tell,
         )
         await ack(text=text)
 
     # --- outgoing --------------------------------------------------------------------
+
+    def _tell(self, channel: str, text: str) -> None:
+        """Post a short text in ``channel`` (an approved user's DM), in the background."""
+        assert self.identity is not None
+        key = ConversationKey(PLATFORM, self.identity.team_id, channel, None)
+        self._spawn(self._require_posts().note(key, text))
 
     def live(self, message: InboxMessage) -> LiveAnswer | None:
         """A streamed message in the thread (`adapters.slack_live`); None for a

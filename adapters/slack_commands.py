@@ -1,4 +1,5 @@
-"""The ``/agent`` slash command: ``status``, ``reset`` (in a DM) and ``help``.
+"""The ``/agent`` slash command: ``status``, ``reset`` (in a DM), ``help``, and
+``approve CODE`` for the admins (`adapters.slack_access`).
 
 `answer_command` returns the text the command is acknowledged with (Slack shows it to
 the user alone). A slash command carries no thread, so in a DM it acts on the DM's
@@ -11,11 +12,12 @@ import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from adapters.slack_access import Tell, approve_command, refusal_text
 from adapters.slack_events import (
     PLATFORM,
-    TEXT_REFUSED,
     TEXT_RESET,
     TEXT_STORAGE,
+    USER_NOT_ALLOWED,
     SlackIdentity,
     refusal,
 )
@@ -34,7 +36,8 @@ TEXT_HELP = (
     "{followups}\n"
     "• In a DM: just write; every message is answered.\n"
     "• `@{name} reset` in a thread (or `reset` in a DM) starts the conversation over.\n"
-    "*Commands*: `/agent status`, `/agent reset` (in a DM), `/agent help`."
+    "*Commands*: `/agent status`, `/agent reset` (in a DM), `/agent help`; "
+    "admins: `/agent approve CODE`."
 )
 TEXT_FOLLOWUPS = "Later messages in that thread are answered without a new mention."
 
@@ -50,19 +53,31 @@ async def answer_command(
     dispatcher: Dispatcher,
     config: SlackConfig,
     identity: SlackIdentity,
+    tell: Tell | None = None,
 ) -> str:
-    """Carry out one ``/agent`` command; return the text to acknowledge it with."""
+    """Carry out one ``/agent`` command; return the text to acknowledge it with.
+    ``tell``: how to tell an approved user so (``/agent approve``)."""
     user = _field(command, "user_id")
     channel = _field(command, "channel_id")
     team = _field(command, "team_id") or identity.team_id
     words = _field(command, "text").split()
     sub = words[0].lower() if words else "help"
     is_dm = channel.startswith("D")
-    why = refusal(config, identity, team=team, channel=channel, user=user, is_dm=is_dm)
-    if why is not None:
-        log.info("refused Slack command: %s (user=%s channel=%s team=%s)", why, user, channel, team)
-        dispatcher.note_refused(PLATFORM)
-        return TEXT_REFUSED
+    try:
+        if sub == "approve":  # the admins are checked there, whatever the allowlists say
+            return await approve_command(dispatcher.access, config, user, words[1:], tell)
+        why = refusal(config, identity, team=team, channel=channel, user=user, is_dm=is_dm)
+        if why == USER_NOT_ALLOWED and await dispatcher.access.approved(PLATFORM, user):
+            why = None
+        if why is not None:
+            log.info(
+                "refused Slack command: %s (user=%s channel=%s team=%s)", why, user, channel, team
+            )
+            dispatcher.note_refused(PLATFORM)
+            return await refusal_text(dispatcher.access, why, user, channel)
+    except StorageError as exc:
+        log.error("Slack /agent %s failed: %s", sub, exc)
+        return TEXT_STORAGE
     agent = config.channel_agents.get(channel, config.agent)
     key = ConversationKey(PLATFORM, team, channel, None)
     try:

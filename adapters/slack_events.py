@@ -36,6 +36,14 @@ USER_SUBTYPES = frozenset({None, "file_share", "thread_broadcast"})
 RESET_WORDS = frozenset({"reset", "/reset", "!reset"})
 
 TEXT_REFUSED = "Sorry, you are not allowed to use me here. An administrator can give you access."
+#: The refusal of someone only the user allowlist refuses: a pairing code can let them in.
+TEXT_REFUSED_CODE = (
+    "Sorry, you are not allowed to use me here. To ask for access, send an administrator "
+    "this code: `{code}` (valid for an hour)."
+)
+#: `refusal`'s reason when only ``slack.allowed_users`` refuses: the store's
+#: allowlist (`bridge.access`) may let the user in.
+USER_NOT_ALLOWED = "user not in slack.allowed_users"
 TEXT_FILES = "I can't read files yet. Please write your question as text."
 TEXT_EMPTY = "Hi! Ask me something after the mention, e.g. <@{bot}> what can you do?"
 TEXT_RESET = "OK, I started a new conversation: the agent won't remember what was said before."
@@ -116,8 +124,11 @@ def refusal(
     channel: str,
     user: str,
     is_dm: bool,
+    approved: bool = False,
 ) -> str | None:
-    """Why this user may not talk to the agent here, or None if they may."""
+    """Why this user may not talk to the agent here, or None if they may.
+    ``approved``: the store's allowlist has the user (it stands in for
+    ``allowed_users``, not for the channel or team rules)."""
     if (
         team != identity.team_id
         and "*" not in config.allowed_teams
@@ -127,8 +138,8 @@ def refusal(
     channels = config.allowed_channels
     if not ("*" in channels or channel in channels or (is_dm and "im" in channels)):
         return "channel not in slack.allowed_channels"
-    if "*" not in config.allowed_users and user not in config.allowed_users:
-        return "user not in slack.allowed_users"
+    if not approved and "*" not in config.allowed_users and user not in config.allowed_users:
+        return USER_NOT_ALLOWED
     return None
 
 
@@ -191,9 +202,11 @@ def read_event(
     team: str,
     identity: SlackIdentity,
     config: SlackConfig,
+    approved: bool = False,
 ) -> Decision:
     """Decide what to do with a ``message`` or ``app_mention`` event from ``team``
-    (the event's ``team_id``). Never raises, whatever the event holds."""
+    (the event's ``team_id``); ``approved``: the store's allowlist has the sender.
+    Never raises, whatever the event holds."""
     if not isinstance(event, Mapping):
         return Skip("the event is not an object")
     kind = event.get("type")
@@ -232,7 +245,9 @@ def read_event(
     message_id = f"{team}:{channel}:{ts}"
 
     user_team = _str(event.get("user_team")) or _str(event.get("source_team")) or team
-    why = refusal(config, identity, team=user_team, channel=channel, user=user, is_dm=is_dm)
+    why = refusal(
+        config, identity, team=user_team, channel=channel, user=user, is_dm=is_dm, approved=approved
+    )
     if why is not None:
         return Refuse(key, message_id, followup, why, user, channel, user_team)
 

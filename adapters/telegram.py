@@ -42,14 +42,17 @@ from telegram.ext import AIORateLimiter, Application, ApplicationBuilder, ExtBot
 from telegram.request import HTTPXRequest
 
 from adapters.base import AdapterState, ChatAdapter
+from adapters.telegram_access import approve, resolve_stranger
 from adapters.telegram_events import (
     COMMANDS,
     RESET_DONE,
     Action,
     Answer,
+    Approve,
     Refuse,
     Reset,
     Status,
+    Stranger,
     Submit,
     TelegramEvents,
     status_text,
@@ -128,7 +131,7 @@ class TelegramAdapter(ChatAdapter):
     """
 
     platform = PLATFORM
-    reloadable = frozenset({"allowed_users", "allowed_chats"})
+    reloadable = frozenset({"allowed_users", "allowed_chats", "admins"})
 
     def __init__(self, dispatcher: Dispatcher, config: TelegramConfig) -> None:
         super().__init__(dispatcher)
@@ -395,6 +398,14 @@ class TelegramAdapter(ChatAdapter):
             case Status(message, key, agent):
                 conversation = await self.dispatcher.conversation(key)
                 self._answer(message, status_text(agent, conversation))
+            case Stranger(message, private):
+                access = self.dispatcher.access
+                await self._carry_out(await resolve_stranger(self.events, access, message, private))
+            case Approve(message, code):
+                text, tell = await approve(self.dispatcher.access, message, code)
+                self._answer(message, text)
+                if tell is not None:
+                    self._tell(*tell)
             case None:
                 pass
 
@@ -409,6 +420,17 @@ class TelegramAdapter(ChatAdapter):
                 await self._send_chunk(message.chat.id, thread, Chunk(text), message.message_id)
             except AdapterError as exc:
                 log.warning("could not answer in chat %d: %s", message.chat.id, exc)
+
+        self._spawn(send())
+
+    def _tell(self, chat_id: int, text: str) -> None:
+        """Post a short text to ``chat_id`` (not a reply), in the background."""
+
+        async def send() -> None:
+            try:
+                await self._send_chunk(chat_id, None, Chunk(text), None)
+            except AdapterError as exc:
+                log.warning("could not tell chat %d: %s", chat_id, exc)
 
         self._spawn(send())
 

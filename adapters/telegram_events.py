@@ -3,7 +3,9 @@
 `TelegramEvents.route()` takes a parsed `Update` and returns one action, without
 any I/O: `Submit` (an `IncomingMessage` for the dispatcher), `Answer` (a fixed
 text: /start, /help, a usage hint), `Reset` or `Status` (a command on the
-conversation), `Refuse` (access control or content we cannot read), or None
+conversation), `Refuse` (access control or content we cannot read), `Stranger`
+(someone the config's allowlist refuses: the store's is asked next, see
+`adapters.telegram_access`), `Approve` (an admin's ``/approve CODE``), or None
 (nothing to do). `adapters.telegram` carries the action out.
 
 The rules, as Telegram delivers messages:
@@ -44,7 +46,9 @@ COMMANDS = (
     BotCommand("status", "Agent, turns and tokens of this conversation"),
     BotCommand("ask", "Ask the agent (in groups): /ask your question"),
 )
-_OURS = frozenset(c.command for c in COMMANDS)
+#: Not in the menu (`COMMANDS`): only the admins (``telegram.admins``) may use them.
+ADMIN_COMMANDS = frozenset({"approve"})
+_OURS = frozenset(c.command for c in COMMANDS) | ADMIN_COMMANDS
 
 HELLO_PRIVATE = (
     "Hi! I pass your messages to an AI agent and bring back its answers. Just write to me.\n\n"
@@ -65,6 +69,13 @@ REFUSED = (
     "Sorry, this bot is private. If you should be able to use it, ask its administrator to "
     "add your Telegram user id ({user_id}) to the bridge's allowed users."
 )
+REFUSED_CODE = (
+    "Sorry, this bot is private. If you should be able to use it, send its administrator "
+    "this code: {code}\nIt is valid for an hour. (Your Telegram user id is {user_id}.)"
+)
+NOT_ADMIN = "Sorry, only the bot's administrators can approve people."
+APPROVE_USAGE = "Write the code after the command, e.g. /approve ABCD2345"
+
 RESET_DONE = "Started a new conversation: the agent won't remember what was said before."
 ASK_USAGE = "Write your question after the command, e.g. /ask What can you do?"
 EMPTY_MENTION = "Yes? Write your question along with the mention."
@@ -109,7 +120,23 @@ class Status:
     agent: str
 
 
-Action = Submit | Answer | Refuse | Reset | Status | None
+@dataclass(frozen=True, slots=True)
+class Stranger:
+    """Someone the config's allowlist refuses: the store's allowlist decides."""
+
+    message: Message
+    private: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Approve:
+    """An admin's ``/approve CODE``."""
+
+    message: Message
+    code: str
+
+
+Action = Submit | Answer | Refuse | Reset | Status | Stranger | Approve | None
 
 
 def status_text(agent: str, conversation: Conversation | None) -> str:
@@ -130,8 +157,9 @@ class TelegramEvents:
     def __init__(self, config: TelegramConfig) -> None:
         self.bot_id = 0
         self.username = ""
-        #: Users told once in private that the bot is private; later messages get silence.
-        self._refused_users: set[int] = set()
+        #: User -> the code they were told in private that the bot is private with;
+        #: later messages get silence until they have a new code.
+        self._refused_users: dict[int, str | None] = {}
         self.reload(config)
 
     def reload(self, config: TelegramConfig) -> None:
@@ -144,6 +172,7 @@ class TelegramEvents:
             u[1:].lower() for u in users if isinstance(u, str) and u.startswith("@")
         }
         self._allowed_chats = set(config.allowed_chats)
+        self._admins = frozenset(config.admins)
 
     def route(self, update: Update) -> Action:
         if update.my_chat_member is not None:
@@ -168,7 +197,9 @@ class TelegramEvents:
             return None
         return self.on_message(update.message)
 
-    def on_message(self, message: Message) -> Action:
+    def on_message(self, message: Message, *, approved: bool = False) -> Action:
+        """The action for one message; ``approved``: the store's allowlist has its
+        sender (the config's does not)."""
         chat = message.chat
         user = message.from_user
         if chat.type == ChatType.CHANNEL or user is None or user.is_bot:
@@ -192,8 +223,18 @@ class TelegramEvents:
         )
         if not triggered:
             return None
-        if not self.allowed(message):
-            return self._refuse(message, private)
+        if command == "approve":
+            if user.id in self._admins:
+                return Approve(message, args) if args else Answer(message, APPROVE_USAGE)
+            log.info(
+                "refused /approve from Telegram user %d (@%s): not in telegram.admins",
+                user.id,
+                user.username or "-",
+            )
+            if approved or self.allowed(message):
+                return Refuse(message, NOT_ADMIN)
+        if not approved and not self.allowed(message):
+            return Stranger(message, private)
         key = self.key(message)
         agent = self.config.chat_agents.get(str(chat.id), self.config.agent)
         if command == "ask":
@@ -334,7 +375,9 @@ class TelegramEvents:
             return True
         return user.username is not None and user.username.lower() in self._allowed_names
 
-    def _refuse(self, message: Message, private: bool) -> Refuse:
+    def refuse(self, message: Message, private: bool, code: str | None = None) -> Refuse:
+        """The refusal of someone no allowlist has; in private it names ``code``,
+        their pairing code, once per code."""
         user = message.from_user
         assert user is not None
         log.info(
@@ -345,9 +388,11 @@ class TelegramEvents:
             message.chat.id,
             "" if private else " and the chat is not in telegram.allowed_chats",
         )
-        if private and user.id not in self._refused_users:
-            self._refused_users.add(user.id)
-            return Refuse(message, REFUSED.format(user_id=user.id))
+        if private and self._refused_users.get(user.id, "") != code:
+            self._refused_users[user.id] = code
+            if code is None:
+                return Refuse(message, REFUSED.format(user_id=user.id))
+            return Refuse(message, REFUSED_CODE.format(code=code, user_id=user.id))
         return Refuse(message, None)
 
 

@@ -44,6 +44,7 @@ from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
+from bridge.access import Access
 from bridge.config import DispatcherConfig, MessagesConfig
 from bridge.errors import (
     StorageError,
@@ -134,6 +135,8 @@ class Dispatcher(Turns):
         self._no_timers.set()
         #: The last store failure the dispatcher saw, until a write succeeds again.
         self.store_problem: str | None = None
+        #: The store's allowlist and pairing codes, for the adapters (`bridge.access`).
+        self.access = Access(store)
 
     # --- lifecycle -------------------------------------------------------------------
 

@@ -12,6 +12,8 @@ enter, with ``raise ... from exc``, so none travels through the core.
     │   ├── CredentialsRejected the platform refused a token: no retry can help
     │   ├── PollingConflict    another process polls the Telegram bot (409 at start)
     │   └── ReplyUndeliverable a reply can never be posted (bot blocked, chat gone)
+    ├── AccessError            an access change that cannot be made (`bridge.access`)
+    │   └── CodeRefused        a pairing code unknown, used, expired or of another platform
     └── AgentError             the agent could not answer; carries `user_message`
         ├── AgentInsufficientBalance   402
         ├── AgentRateLimited           429, carries `retry_after`

@@ -233,3 +233,46 @@ alerts = Table(
     #: What was seen last (health reasons), for the alert's text; never a secret.
     Column("detail", Text, nullable=False),
 )
+
+#: The allowlist kept in the store, beside the config's (``storage/access.py``):
+#: people approved by a pairing code or ``agent-bridge users allow``.
+access_allowed = Table(
+    "access_allowed",
+    metadata,
+    Column("platform", String, primary_key=True),
+    Column("user_id", String, primary_key=True),
+    #: What the platform called them when they asked (``@mallory``), or "".
+    Column("name", String, nullable=False),
+    #: ``cli:<OS user>``, ``telegram:<admin id>`` or ``slack:<admin id>``.
+    Column("added_by", String, nullable=False),
+    Column("added_at", UTCDateTime, nullable=False),
+)
+
+#: Pairing codes handed out with a refusal: one per person (asking again gives
+#: the same code while it is valid); the row goes when the code is used.
+access_codes = Table(
+    "access_codes",
+    metadata,
+    Column("code", String(16), primary_key=True),
+    Column("platform", String, nullable=False),
+    Column("user_id", String, nullable=False),
+    Column("name", String, nullable=False),
+    #: Where to tell them they were approved (a Telegram private chat), or NULL.
+    Column("chat", String, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+    UniqueConstraint("platform", "user_id"),
+)
+
+#: Every change of the store's allowlist, with who made it.
+access_audit = Table(
+    "access_audit",
+    metadata,
+    Column("id", Id, primary_key=True),
+    Column("at", UTCDateTime, nullable=False, index=True),
+    #: "approve", "allow" or "deny".
+    Column("action", String(16), nullable=False),
+    Column("platform", String, nullable=False),
+    Column("user_id", String, nullable=False),
+    Column("actor", String, nullable=False),
+)

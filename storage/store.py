@@ -12,7 +12,8 @@ async), assembled from its parts along their seams:
 - `storage.history.History`: the turns of stateless agents' threads (the
   core's `bridge.history.ConversationHistory`);
 - `storage.feedback.Feedback`: users' feedback on the agent's answers;
-- `storage.alerts.Alerts`: the admin alerts' problems, and who sends them.
+- `storage.alerts.Alerts`: the admin alerts' problems, and who sends them;
+- `storage.access.AccessLists`: the allowlist kept in the store and its pairing codes.
 
 Every method is one transaction, committed when it returns.
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import logging
 
+from storage.access import AccessLists
 from storage.alerts import Alerts
 from storage.database import MIGRATION_LOCK_KEY, MIGRATIONS, SQLITE_BUSY_TIMEOUT
 from storage.feedback import Feedback, FeedbackEntry
@@ -36,7 +38,7 @@ from storage.queue import FINISHED, UNFINISHED, Claim, Queue, QueueStats
 log = logging.getLogger("storage")
 
 
-class Store(Queue, Instances, History, Feedback, Alerts):
+class Store(Queue, Instances, History, Feedback, Alerts, AccessLists):
     """The inbox, the conversations, the instances, the history and the feedback;
     an async context manager.
 

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
 )
@@ -101,6 +102,29 @@ def _telegram_user(value: int | str) -> int | str:
 
 
 TelegramUser = Annotated[int | str, AfterValidator(_telegram_user)]
+
+
+def _no_star(value: object) -> object:
+    # An admin approves people: "*" would let anyone approve anyone.
+    if value == "*":
+        raise ValueError('"*" is not allowed here: list the administrators\' user ids')
+    return value
+
+
+def _telegram_admin(value: object) -> object:
+    _no_star(value)
+    if isinstance(value, str):
+        raise ValueError(f"{json.dumps(value)[:40]}: expected a numeric user id")
+    return value
+
+
+# Admins are ids only: a @username can change hands.
+TelegramAdmin = Annotated[int, BeforeValidator(_telegram_admin)]
+SlackAdmin = Annotated[
+    str,
+    AfterValidator(_no_star),
+    AfterValidator(id_check("user", r"[UW][A-Z0-9]+", "U... or W...")),
+]
 
 
 class AgentBase(Section):

@@ -19,9 +19,11 @@ from bridge.config.fields import (
     TELEGRAM_API_URL,
     HttpUrl,
     Section,
+    SlackAdmin,
     SlackChannel,
     SlackTeam,
     SlackUser,
+    TelegramAdmin,
     TelegramUser,
     parse_listen,
 )
@@ -149,6 +151,8 @@ class TelegramConfig(Section):
     #: is 30 (paid broadcasts allow up to 1000). 0: no overall limit (a local Bot
     #: API server). The per-chat limits (1 a second, 20 a minute in groups) stay.
     max_messages_per_second: float = Field(30, ge=0)
+    #: User ids who may approve people with ``/approve CODE`` (`bridge.access`).
+    admins: list[TelegramAdmin] = Field(default_factory=list)
 
     @field_validator("webhook_secret")
     @classmethod
@@ -206,6 +210,8 @@ class SlackConfig(Section):
     context_chars: int = Field(8000, ge=0)
     #: Feedback buttons (thumbs up / down) under every agent answer.
     feedback: bool = True
+    #: User ids who may approve people with ``/agent approve CODE`` (`bridge.access`).
+    admins: list[SlackAdmin] = Field(default_factory=list)
 
     @field_validator("listen")
     @classmethod
