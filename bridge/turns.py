@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, TypeVar
 
 from bridge import stream
+from bridge.budgets import Budgets
 from bridge.chat import LIVE_REF
 from bridge.config import DispatcherConfig, MessagesConfig
 from bridge.errors import (
@@ -91,6 +92,7 @@ class Turns:
 
     messages: MessagesConfig
     metrics: Metrics
+    budgets: Budgets
     instance: Instance
     store_problem: str | None
     _store: Store
@@ -183,6 +185,9 @@ class Turns:
         conversation = await self._store.start_turn(message, self.instance.id)
         if conversation is None:
             return None, None
+        over_budget = await self._reserve(message, conversation)
+        if over_budget is not None:
+            return over_budget, None
         self._in_flight += 1
         self.metrics.in_flight.set(self._in_flight)
         call = asyncio.create_task(
@@ -207,6 +212,28 @@ class Turns:
                 call.cancel()
             self._in_flight -= 1
             self.metrics.in_flight.set(self._in_flight)
+
+    async def _reserve(self, message: InboxMessage, conversation: Conversation) -> Reply | None:
+        """Charge the turn to its budgets (`bridge.budgets`), before the agent is
+        asked; the refusal to answer with when a limit is reached, else None."""
+        agent = conversation.agent if conversation.agent in self._backends else message.agent
+        charge = self.budgets.charge(message, agent)
+        limits = self.budgets.limits(charge)
+        exceeded = await self._until_stored(
+            message, "charge its budget", lambda: self._store.reserve_usage(charge, limits)
+        )
+        if exceeded is None:
+            return None
+        self.metrics.budget_refusals.labels(agent, exceeded.limit.name).inc()
+        log.info(
+            "message %d from %s refused: %s reached (%d of %d)",
+            message.id,
+            charge.user,
+            exceeded.limit.name,
+            exceeded.used,
+            exceeded.limit.maximum,
+        )
+        return self.budgets.refusal(exceeded)
 
     async def _ask_agent(
         self, message: InboxMessage, conversation: Conversation, live: LiveAnswer | None = None

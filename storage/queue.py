@@ -63,6 +63,7 @@ from storage.rows import (
     unfinished_condition,
 )
 from storage.schema import conversations, instances, messages
+from storage.usage import settle_usage
 from storage.wakeup import WORK_CHANNEL, Wakeup
 
 log = logging.getLogger("storage")
@@ -307,6 +308,8 @@ class Queue(Conversations, Wakeup, QueueViews):
                     await conn.execute(
                         turn_update(message.conversation_id, epoch, session_id, usage)
                     )
+                # The turn's budget charge: its tokens, or given back without an answer.
+                await settle_usage(conn, message.id, None if turn is None else turn[2])
         except _LeaseLost:
             return False
         return True

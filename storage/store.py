@@ -11,7 +11,8 @@ async), assembled from its parts along their seams:
 - `storage.instances.Instances`: live instances and named leases;
 - `storage.history.History`: the turns of stateless agents' threads (the
   core's `bridge.history.ConversationHistory`);
-- `storage.feedback.Feedback`: users' feedback on the agent's answers.
+- `storage.feedback.Feedback`: users' feedback on the agent's answers;
+- `storage.usage.UsageStore`: usage accounting and the budgets' counters.
 
 Every method is one transaction, committed when it returns.
 
@@ -30,11 +31,12 @@ from storage.feedback import Feedback, FeedbackEntry
 from storage.history import History
 from storage.instances import Instances
 from storage.queue import FINISHED, UNFINISHED, Claim, Queue, QueueStats
+from storage.usage import UsageRow, UsageStore
 
 log = logging.getLogger("storage")
 
 
-class Store(Queue, Instances, History, Feedback):
+class Store(Queue, Instances, History, Feedback, UsageStore):
     """The inbox, the conversations, the instances, the history and the feedback;
     an async context manager.
 
@@ -67,4 +69,5 @@ __all__ = [
     "FeedbackEntry",
     "QueueStats",
     "Store",
+    "UsageRow",
 ]

@@ -38,6 +38,7 @@ from bridge.config.agents import (
     PeakaAgentConfig,
     ThinnestAgentConfig,
 )
+from bridge.config.budgets import AgentCapConfig, BudgetsConfig
 from bridge.config.fields import (
     DEFAULT_CONFIG_NAME,
     DEFAULT_STORAGE_URL,
@@ -77,7 +78,9 @@ __all__ = [
     "SECRET_KEYS",
     "TELEGRAM_API_URL",
     "AgentBase",
+    "AgentCapConfig",
     "AgentConfig",
+    "BudgetsConfig",
     "Config",
     "ConfigError",
     "DaemonConfig",

@@ -13,6 +13,7 @@ from pydantic import (
 )
 
 from bridge.config.agents import AgentConfig
+from bridge.config.budgets import BudgetsConfig
 from bridge.config.fields import (
     DEFAULT_STORAGE_URL,
     TELEGRAM_API_URL,
@@ -243,3 +244,4 @@ class Config(Section):
     telegram: TelegramConfig | None = None
     slack: SlackConfig | None = None
     daemon: DaemonConfig = DaemonConfig()
+    budgets: BudgetsConfig = BudgetsConfig()
