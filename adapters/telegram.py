@@ -52,6 +52,7 @@ from adapters.telegram_events import (
     Status,
     Submit,
     TelegramEvents,
+    UsageQuery,
     status_text,
 )
 from adapters.telegram_live import TelegramDraft, is_private
@@ -395,6 +396,8 @@ class TelegramAdapter(ChatAdapter):
             case Status(message, key, agent):
                 conversation = await self.dispatcher.conversation(key)
                 self._answer(message, status_text(agent, conversation))
+            case UsageQuery(message, user, chat, agent):
+                self._answer(message, await self.dispatcher.usage_text(PLATFORM, user, chat, agent))
             case None:
                 pass
 

@@ -3,8 +3,9 @@
 `TelegramEvents.route()` takes a parsed `Update` and returns one action, without
 any I/O: `Submit` (an `IncomingMessage` for the dispatcher), `Answer` (a fixed
 text: /start, /help, a usage hint), `Reset` or `Status` (a command on the
-conversation), `Refuse` (access control or content we cannot read), or None
-(nothing to do). `adapters.telegram` carries the action out.
+conversation), `UsageQuery` (/usage: the sender's budget), `Refuse` (access
+control or content we cannot read), or None (nothing to do). `adapters.telegram`
+carries the action out.
 
 The rules, as Telegram delivers messages:
 
@@ -43,6 +44,7 @@ COMMANDS = (
     BotCommand("reset", "Start a new conversation"),
     BotCommand("status", "Agent, turns and tokens of this conversation"),
     BotCommand("ask", "Ask the agent (in groups): /ask your question"),
+    BotCommand("usage", "What you have used today and this month, and what is left"),
 )
 _OURS = frozenset(c.command for c in COMMANDS)
 
@@ -109,7 +111,17 @@ class Status:
     agent: str
 
 
-Action = Submit | Answer | Refuse | Reset | Status | None
+@dataclass(frozen=True, slots=True)
+class UsageQuery:
+    """/usage: the sender's use and what is left (`Dispatcher.usage_text`)."""
+
+    message: Message
+    user: str
+    chat: str
+    agent: str
+
+
+Action = Submit | Answer | Refuse | Reset | Status | UsageQuery | None
 
 
 def status_text(agent: str, conversation: Conversation | None) -> str:
@@ -205,6 +217,8 @@ class TelegramEvents:
             return Reset(message, key, agent)
         elif command == "status":
             return Status(message, key, agent)
+        elif command == "usage":
+            return UsageQuery(message, str(user.id), str(chat.id), agent)
         if text is None:
             if message.effective_attachment is not None:
                 return Refuse(message, TEXT_ONLY)
