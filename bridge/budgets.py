@@ -31,7 +31,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal, Protocol
 
-from bridge.config.budgets import BudgetsConfig
+from bridge.config.budgets import LIMIT_KEYS, BudgetsConfig
 from bridge.model import InboxMessage, Reply
 
 Measure = Literal["messages", "tokens"]
@@ -254,6 +254,26 @@ class Budgets:
         return {limit.name: limit for limit in self._limits(who, f"{platform}:{chat}", agent, day)}
 
 
+def describe_budgets(config: BudgetsConfig) -> str:
+    """One line for ``agent-bridge check``: every limit set, and who is exempt."""
+    parts = [
+        f"{key} {getattr(config, key):,}" for key in LIMIT_KEYS if getattr(config, key) is not None
+    ]
+    for name, cap in config.agents.items():
+        own = [
+            f"{m} {v:,}"
+            for m, v in (("messages", cap.daily_messages), ("tokens", cap.daily_tokens))
+            if v is not None
+        ]
+        parts.append(f"agent {name!r} daily {' and '.join(own) or 'unlimited'}")
+    if not parts:
+        return "budgets: no limits (usage is counted: agent-bridge usage)"
+    exempt = len(config.unlimited_users)
+    if exempt:
+        parts.append(f"{exempt} unlimited user{'s' if exempt > 1 else ''}")
+    return "budgets: " + ", ".join(parts) + " (UTC days and months)"
+
+
 def next_reset(now: datetime, *, monthly: bool) -> datetime:
     """The next UTC midnight (``monthly``: the first of the next month)."""
     now = now.astimezone(UTC)
@@ -291,6 +311,7 @@ __all__ = [
     "clock_from_env",
     "counter_keys",
     "day_of",
+    "describe_budgets",
     "duration",
     "next_reset",
     "utc_now",

@@ -19,6 +19,7 @@ import asyncio
 import logging
 from pathlib import Path
 
+from bridge.budgets import describe_budgets
 from bridge.cli import EXIT_FAILURE, EXIT_OK
 from bridge.config import (
     Config,
@@ -160,6 +161,7 @@ def describe_config(config: Config) -> list[str]:
         )
     else:
         lines.append("slack: not configured")
+    lines.append(describe_budgets(config.budgets))
     daemon = config.daemon
     lines.append(
         f"daemon: health {'on ' + daemon.http_listen if daemon.http_listen else 'off'}, "

@@ -3,12 +3,22 @@ limits apply, the refusal's text and its reset time on an injected clock."""
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from bridge.budgets import Budgets, Counts, Exceeded, Limit, clock_from_env, duration, next_reset
+from bridge.budgets import (
+    Budgets,
+    Counts,
+    Exceeded,
+    Limit,
+    clock_from_env,
+    describe_budgets,
+    duration,
+    next_reset,
+)
 from bridge.config import BudgetsConfig, ConfigError, parse_config
 from bridge.model import ConversationKey, InboxMessage, MessageStatus
 
@@ -158,3 +168,24 @@ def test_the_test_clock_reads_its_file(tmp_path: Path) -> None:
     path.write_text("2027-03-02T00:00:01+00:00")
     assert clock().day == 2
     assert clock_from_env({})().tzinfo is not None
+
+
+def test_check_lists_the_limits() -> None:
+    config = BudgetsConfig(
+        user_daily_messages=20,
+        agent_daily_tokens=1_000_000,
+        agents={"support": {"daily_messages": 7}},  # type: ignore[dict-item]
+        unlimited_users=["slack:U1", "telegram:2"],
+    )
+    assert describe_budgets(config) == (
+        "budgets: user_daily_messages 20, agent_daily_tokens 1,000,000, "
+        "agent 'support' daily messages 7, 2 unlimited users (UTC days and months)"
+    )
+    assert describe_budgets(BudgetsConfig()).startswith("budgets: no limits")
+
+
+def test_the_example_config_documents_every_budget_key() -> None:
+    text = (Path(__file__).resolve().parent.parent / "config.example.toml").read_text()
+    section = text.partition("\n[budgets]\n")[2]
+    for key in BudgetsConfig.model_fields:
+        assert re.search(rf"^#? ?{key} =", section, re.M), f"budgets.{key} undocumented"
