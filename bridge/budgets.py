@@ -206,13 +206,14 @@ class Budgets:
         """The reply to a message over ``exceeded``'s limit."""
         limit = exceeded.limit
         agent_cap = limit.name.startswith("agent_")
-        resets = next_reset(self.clock(), monthly=limit.monthly)
+        now = self.clock()
+        resets = next_reset(now, monthly=limit.monthly)
         text = (self.config.agent_cap_text if agent_cap else self.config.text).format(
             limit=_DESCRIPTIONS[limit.name],
             used=f"{exceeded.used:,}",
             max=f"{limit.maximum:,}",
             resets=f"{resets:%Y-%m-%d %H:%M} UTC",
-            resets_in=duration(resets - self.clock()),
+            resets_in=duration(resets - now),
         )
         return Reply(text, error_kind="budget_agent_cap" if agent_cap else "budget")
 

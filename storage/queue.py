@@ -289,7 +289,8 @@ class Queue(Conversations, Wakeup, QueueViews):
         begun), and count the agent's turn (``(epoch, session_id, usage)``) in
         the same transaction: a crash from here on posts the stored reply
         instead of asking (and billing) the agent again, and a turn is never
-        counted without its answer. False if the lease is gone."""
+        counted without its answer. The turn's budget charge is settled in the same
+        transaction too (`storage.usage.settle_usage`). False if the lease is gone."""
         statement = self._step_statement(
             message,
             owner,

@@ -152,7 +152,13 @@ async def settle_usage(conn: AsyncConnection, message_id: int, used: Usage | Non
         return
     c = usage_counters.c
     keys = counter_keys(row.user_id, row.chat, row.agent, row.day)
-    counters = update(usage_counters).where(tuple_(c.subject, c.period).in_(keys))
+    where = tuple_(c.subject, c.period).in_(keys)
+    # Locked in `reserve_usage`'s order first: an UPDATE alone locks in scan order,
+    # which could deadlock against a charge locking the same rows the other way.
+    await conn.execute(
+        select(c.subject).where(where).order_by(c.subject, c.period).with_for_update()
+    )
+    counters = update(usage_counters).where(where)
     if used is None:
         await conn.execute(delete(usage).where(usage.c.id == row.id))
         await conn.execute(counters.values(messages=c.messages - 1))
