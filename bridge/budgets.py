@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 from bridge.config.budgets import LIMIT_KEYS, BudgetsConfig
-from bridge.model import InboxMessage, Reply
+from bridge.model import Conversation, InboxMessage, Reply
 
 Measure = Literal["messages", "tokens"]
 #: A counter: (subject, period), e.g. ("user:telegram:123", "2027-03-01").
@@ -144,6 +144,11 @@ class Exceeded:
 
     limit: Limit
     used: int
+
+
+#: What a turn of a conversation is charged under, and the limits it must stay within:
+#: called with the conversation as the turn starts (in the store's transaction).
+TurnBudget = Callable[[Conversation], tuple[Charge, list[Limit]]]
 
 
 class UsageLedger(Protocol):
@@ -308,6 +313,7 @@ __all__ = [
     "Counts",
     "Exceeded",
     "Limit",
+    "TurnBudget",
     "UsageLedger",
     "clock_from_env",
     "counter_keys",

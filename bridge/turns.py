@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, TypeVar
 
 from bridge import stream
-from bridge.budgets import Budgets
+from bridge.budgets import Budgets, Charge, Exceeded, Limit, TurnBudget
 from bridge.chat import LIVE_REF
 from bridge.config import DispatcherConfig, MessagesConfig
 from bridge.errors import (
@@ -182,12 +182,15 @@ class Turns:
                 max_chars=self._config.max_input_chars,
             )
             return Reply(text, error_kind="input_too_long"), None
-        conversation = await self._store.start_turn(message, self.instance.id)
-        if conversation is None:
+        # Marked running and charged to its budgets in one transaction, before the call.
+        started = await self._store.start_charged_turn(
+            message, self.instance.id, self._budget(message)
+        )
+        if started is None:
             return None, None
-        over_budget = await self._reserve(message, conversation)
-        if over_budget is not None:
-            return over_budget, None
+        conversation, exceeded = started
+        if exceeded is not None:
+            return self._over_budget(message, conversation, exceeded), None
         self._in_flight += 1
         self.metrics.in_flight.set(self._in_flight)
         call = asyncio.create_task(
@@ -213,22 +216,30 @@ class Turns:
             self._in_flight -= 1
             self.metrics.in_flight.set(self._in_flight)
 
-    async def _reserve(self, message: InboxMessage, conversation: Conversation) -> Reply | None:
-        """Charge the turn to its budgets (`bridge.budgets`), before the agent is
-        asked; the refusal to answer with when a limit is reached, else None."""
-        agent = conversation.agent if conversation.agent in self._backends else message.agent
-        charge = self.budgets.charge(message, agent)
-        limits = self.budgets.limits(charge)
-        exceeded = await self._until_stored(
-            message, "charge its budget", lambda: self._store.reserve_usage(charge, limits)
-        )
-        if exceeded is None:
-            return None
+    def _budget(self, message: InboxMessage) -> TurnBudget:
+        """What ``message``'s turn is charged under (`bridge.budgets`), once its
+        conversation (and so its agent) is read."""
+
+        def budget(conversation: Conversation) -> tuple[Charge, list[Limit]]:
+            charge = self.budgets.charge(message, self._agent_of(message, conversation))
+            return charge, self.budgets.limits(charge)
+
+        return budget
+
+    def _agent_of(self, message: InboxMessage, conversation: Conversation) -> str:
+        return conversation.agent if conversation.agent in self._backends else message.agent
+
+    def _over_budget(
+        self, message: InboxMessage, conversation: Conversation, exceeded: Exceeded
+    ) -> Reply:
+        """The refusal of a message over a budget's limit; the agent is not called."""
+        agent = self._agent_of(message, conversation)
         self.metrics.budget_refusals.labels(agent, exceeded.limit.name).inc()
         log.info(
-            "message %d from %s refused: %s reached (%d of %d)",
+            "message %d from %s:%s refused: %s reached (%d of %d)",
             message.id,
-            charge.user,
+            message.key.platform,
+            message.sender,
             exceeded.limit.name,
             exceeded.used,
             exceeded.limit.maximum,
@@ -238,7 +249,7 @@ class Turns:
     async def _ask_agent(
         self, message: InboxMessage, conversation: Conversation, live: LiveAnswer | None = None
     ) -> tuple[Reply, tuple[int, str | None, Usage] | None]:
-        name = conversation.agent if conversation.agent in self._backends else message.agent
+        name = self._agent_of(message, conversation)
         backend = self._backends.get(name)
         if backend is None:
             log.error(

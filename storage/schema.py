@@ -239,8 +239,8 @@ usage = Table(
 
 #: The budgets' counters: per subject (``user:telegram:123``, ``chat:slack:C1``,
 #: ``agent:default``) and period (a day, YYYY-MM-DD, or a month, YYYY-MM). A turn's
-#: check and charge lock its rows (``FOR UPDATE`` on PostgreSQL), so two instances
-#: cannot both take the last message of a budget.
+#: charge and check lock its rows (an upsert's row locks on PostgreSQL), so two
+#: instances cannot both take the last message of a budget.
 usage_counters = Table(
     "usage_counters",
     metadata,

@@ -9,12 +9,15 @@ A turn's life in these tables (every statement that writes them is here)::
          │                                         its message are given back
          └─ a limit reached: nothing written, the message is refused
 
-The check and the charge are one transaction: the turn's counter rows are created
-if missing, then locked (``SELECT ... FOR UPDATE`` on PostgreSQL, in one order so
-that two charges never deadlock; SQLite's write lock serializes writers anyway),
-read, checked and incremented. Two instances answering at once therefore never
-both take the last message of a budget. The ``usage`` row is keyed by message id:
-a turn tried again after a crash finds its charge and is not charged twice.
+The check and the charge are one transaction (the one that marks the message
+running, `Queue.start_charged_turn`): the turn's counters are incremented by an
+upsert that creates them if missing, locks them (in one order, so that two charges
+never deadlock; SQLite's write lock serializes writers anyway) and returns what they
+hold; over a limit, the increment is taken back before the transaction commits.
+Two instances answering at once therefore never both take the last message of a
+budget: the second waits for the first's row locks and sees its charge. The
+``usage`` row is keyed by message id: a turn tried again after a crash finds its
+charge and is not charged twice.
 
 Nothing here is touched by the retention purge (`Store.purge_text`): the counts
 outlive the messages' text.
@@ -22,12 +25,13 @@ outlive the messages' text.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date
 from typing import Any, Literal
 
 from sqlalchemy import delete, func, select, tuple_, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bridge.budgets import Charge, CounterKey, Counts, Exceeded, Limit, counter_keys
@@ -54,53 +58,8 @@ class UsageStore(Database):
     """The usage half of the store (`bridge.budgets.UsageLedger`)."""
 
     async def reserve_usage(self, charge: Charge, limits: Sequence[Limit]) -> Exceeded | None:
-        keys = charge.keys
-        c = usage_counters.c
         async with self._write("reserve a turn's usage") as conn:
-            await conn.execute(
-                self._insert(usage_counters)
-                .values([{"subject": s, "period": p} for s, p in keys])
-                .on_conflict_do_nothing(index_elements=["subject", "period"])
-            )
-            locked = (
-                select(c.subject, c.period, c.messages, c.input_tokens, c.output_tokens)
-                .where(tuple_(c.subject, c.period).in_(keys))
-                .order_by(c.subject, c.period)
-                .with_for_update()
-            )
-            counts = {
-                (row.subject, row.period): Counts(row.messages, row.input_tokens, row.output_tokens)
-                for row in (await conn.execute(locked)).all()
-            }
-            # Checked under the locks: a retry's earlier charge is found here, not
-            # raced by another instance charging the same message.
-            charged = await conn.execute(
-                select(usage.c.id).where(usage.c.message_id == charge.message_id)
-            )
-            if charged.first() is not None:
-                return None
-            for limit in limits:
-                used = counts.get(limit.key, Counts()).of(limit.measure)
-                if used >= limit.maximum:
-                    return Exceeded(limit, used)
-            await conn.execute(
-                update(usage_counters)
-                .where(tuple_(c.subject, c.period).in_(keys))
-                .values(messages=c.messages + 1)
-            )
-            await conn.execute(
-                usage.insert().values(
-                    message_id=charge.message_id,
-                    day=charge.day,
-                    user_id=charge.user,
-                    chat=charge.chat,
-                    agent=charge.agent,
-                    input_tokens=0,
-                    output_tokens=0,
-                    created_at=charge.at,
-                )
-            )
-        return None
+            return await reserve_in(conn, self._insert, charge, limits)
 
     async def usage_counts(self, keys: Sequence[CounterKey]) -> dict[CounterKey, Counts]:
         c = usage_counters.c
@@ -137,40 +96,114 @@ class UsageStore(Database):
         return [UsageRow(str(g), int(n), int(i), int(o)) for g, n, i, o in rows]
 
 
+async def reserve_in(
+    conn: AsyncConnection,
+    insert: Callable[[Any], Any],
+    charge: Charge,
+    limits: Sequence[Limit],
+) -> Exceeded | None:
+    """`UsageStore.reserve_usage` inside the caller's transaction (``insert``: the
+    store's dialect-specific ``_insert``), e.g. the one that starts the turn.
+
+    Two statements on the usual path: the turn's record (a retry finds it there and
+    is not charged again), then its counters' increment, which locks them and returns
+    what they hold. Over a limit, both are taken back in the same transaction."""
+    recorded = await conn.execute(
+        insert(usage)
+        .values(
+            message_id=charge.message_id,
+            day=charge.day,
+            user_id=charge.user,
+            chat=charge.chat,
+            agent=charge.agent,
+            input_tokens=0,
+            output_tokens=0,
+            created_at=charge.at,
+        )
+        .on_conflict_do_nothing(index_elements=["message_id"])
+    )
+    if recorded.rowcount != 1:
+        return None  # charged before: a retry after a crash, or a lost lease's turn
+    keys = charge.keys
+    after = await _add(conn, insert, keys, messages=1)
+    for limit in limits:
+        used = after.get(limit.key, Counts()).of(limit.measure)
+        if limit.measure == "messages":
+            used -= 1  # this turn's own message, just added
+        if used >= limit.maximum:
+            await _add(conn, insert, keys, messages=-1)
+            await conn.execute(delete(usage).where(usage.c.message_id == charge.message_id))
+            return Exceeded(limit, used)
+    return None
+
+
 async def settle_usage(conn: AsyncConnection, message_id: int, used: Usage | None) -> None:
     """In the transaction that stores a turn's answer: add the agent's ``used``
     tokens to the turn's charge, or (None: no agent answer) give the charge back.
     Nothing to do for a message never charged (refused, or too long)."""
-    row = (
-        await conn.execute(
-            select(usage.c.id, usage.c.user_id, usage.c.chat, usage.c.agent, usage.c.day).where(
-                usage.c.message_id == message_id
+    u = usage.c
+    columns = (u.user_id, u.chat, u.agent, u.day)
+    if used is None:
+        statement: Any = delete(usage).where(u.message_id == message_id).returning(*columns)
+    else:
+        statement = (
+            update(usage)
+            .where(u.message_id == message_id)
+            .values(
+                input_tokens=u.input_tokens + used.input_tokens,
+                output_tokens=u.output_tokens + used.output_tokens,
             )
+            .returning(*columns)
         )
-    ).first()
+    row = (await conn.execute(statement)).first()
     if row is None:
         return
-    c = usage_counters.c
     keys = counter_keys(row.user_id, row.chat, row.agent, row.day)
-    where = tuple_(c.subject, c.period).in_(keys)
-    # Locked in `reserve_usage`'s order first: an UPDATE alone locks in scan order,
-    # which could deadlock against a charge locking the same rows the other way.
-    await conn.execute(
-        select(c.subject).where(where).order_by(c.subject, c.period).with_for_update()
-    )
-    counters = update(usage_counters).where(where)
+    insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
     if used is None:
-        await conn.execute(delete(usage).where(usage.c.id == row.id))
-        await conn.execute(counters.values(messages=c.messages - 1))
-        return
-    values: dict[str, Any] = {
-        "input_tokens": usage.c.input_tokens + used.input_tokens,
-        "output_tokens": usage.c.output_tokens + used.output_tokens,
-    }
-    await conn.execute(update(usage).where(usage.c.id == row.id).values(**values))
-    await conn.execute(
-        counters.values(
-            input_tokens=c.input_tokens + used.input_tokens,
-            output_tokens=c.output_tokens + used.output_tokens,
+        await _add(conn, insert, keys, messages=-1)
+    else:
+        await _add(
+            conn, insert, keys, input_tokens=used.input_tokens, output_tokens=used.output_tokens
         )
+
+
+async def _add(
+    conn: AsyncConnection,
+    insert: Callable[[Any], Any],
+    keys: Sequence[CounterKey],
+    *,
+    messages: int = 0,
+    input_tokens: int = 0,
+    output_tokens: int = 0,
+) -> dict[CounterKey, Counts]:
+    """Add to the counters ``keys`` (created if missing) in one statement, and return
+    what they hold after. An upsert takes the rows' locks in the order of its VALUES,
+    and ``keys`` are sorted (`counter_keys`): two turns adding to the same counters
+    wait for each other instead of deadlocking."""
+    c = usage_counters.c
+    statement = insert(usage_counters).values(
+        [
+            {
+                "subject": subject,
+                "period": period,
+                "messages": messages,
+                "input_tokens": input_tokens,
+                "output_tokens": output_tokens,
+            }
+            for subject, period in keys
+        ]
     )
+    statement = statement.on_conflict_do_update(
+        index_elements=["subject", "period"],
+        set_={
+            "messages": c.messages + statement.excluded.messages,
+            "input_tokens": c.input_tokens + statement.excluded.input_tokens,
+            "output_tokens": c.output_tokens + statement.excluded.output_tokens,
+        },
+    ).returning(c.subject, c.period, c.messages, c.input_tokens, c.output_tokens)
+    rows = (await conn.execute(statement)).all()
+    return {
+        (row.subject, row.period): Counts(row.messages, row.input_tokens, row.output_tokens)
+        for row in rows
+    }

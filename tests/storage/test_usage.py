@@ -134,3 +134,29 @@ async def test_two_stores_cannot_overspend_a_shared_cap(db: Database) -> None:
         assert sum(r is None for r in results) == 5
         assert (await one.usage_counts([cap.key]))[cap.key].messages == 5
         assert len(await two.usage_report(by="user")) == 5
+
+
+async def test_a_turn_is_started_and_charged_in_one_transaction(store: Store) -> None:
+    first, second = await running(store, "e1"), await store.accept(incoming("e2"))
+    assert second is not None
+    seen = []
+
+    def budget(conversation: object) -> tuple[Charge, list[Limit]]:
+        seen.append(conversation)
+        return charge(second.id), [user_messages(1)]
+
+    # Not this instance's lease: nothing moves, nothing is charged.
+    assert await store.start_charged_turn(second, "i2", budget) is None
+    assert seen == []
+    started = await store.start_charged_turn(second, "i1", budget)
+    assert started is not None
+    conversation, exceeded = started
+    assert exceeded is None and conversation.id == second.conversation_id
+    assert seen == [conversation]
+    # The budget's one message is spent: the first message's turn is refused.
+    again = await store.start_charged_turn(
+        first, "i1", lambda _c: (charge(first.id), [user_messages(1)])
+    )
+    assert again is not None and again[1] is not None and again[1].used == 1
+    [row] = await store.usage_report(by="user")
+    assert row.messages == 1
