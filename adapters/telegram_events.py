@@ -51,13 +51,14 @@ _OURS = frozenset(c.command for c in COMMANDS)
 HELLO_PRIVATE = (
     "Hi! I pass your messages to an AI agent and bring back its answers. Just write to me.\n\n"
     "/new (or /reset) starts a new conversation, /status shows what this one has used, "
-    "/help shows this text."
+    "/usage what you have used today and what is left, /help shows this text."
 )
 HELLO_GROUP = (
     "Hi! In this group, mention me (@{username}), reply to one of my messages, or write "
     "/ask followed by your question, and the AI agent answers. Each chat (and each forum "
     "topic) is its own conversation.\n\n"
-    "/new (or /reset) starts a new conversation, /status shows what this one has used."
+    "/new (or /reset) starts a new conversation, /status shows what this one has used, "
+    "/usage what you have used today and what is left."
 )
 TEXT_ONLY = (
     "Sorry, I can only read text. Please write your question (a photo or file with a caption "

@@ -32,7 +32,6 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, TypeVar
 
 from bridge import stream
-from bridge.budgets import Budgets, Charge, Exceeded, Limit, TurnBudget
 from bridge.chat import LIVE_REF
 from bridge.config import DispatcherConfig, MessagesConfig
 from bridge.errors import (
@@ -55,6 +54,7 @@ from bridge.model import (
     Usage,
     agent_input,
 )
+from bridge.turn_budgets import TurnBudgets
 
 if TYPE_CHECKING:
     from bridge.backends.base import AgentBackend
@@ -86,13 +86,12 @@ class _Cancelled(Exception):
     """The message was cancelled (`Dispatcher.cancel`) during its agent call."""
 
 
-class Turns:
+class Turns(TurnBudgets):
     """The part of the `Dispatcher` that answers one message (a base class of it:
     the state below is the dispatcher's)."""
 
     messages: MessagesConfig
     metrics: Metrics
-    budgets: Budgets
     instance: Instance
     store_problem: str | None
     _store: Store
@@ -215,36 +214,6 @@ class Turns:
                 call.cancel()
             self._in_flight -= 1
             self.metrics.in_flight.set(self._in_flight)
-
-    def _budget(self, message: InboxMessage) -> TurnBudget:
-        """What ``message``'s turn is charged under (`bridge.budgets`), once its
-        conversation (and so its agent) is read."""
-
-        def budget(conversation: Conversation) -> tuple[Charge, list[Limit]]:
-            charge = self.budgets.charge(message, self._agent_of(message, conversation))
-            return charge, self.budgets.limits(charge)
-
-        return budget
-
-    def _agent_of(self, message: InboxMessage, conversation: Conversation) -> str:
-        return conversation.agent if conversation.agent in self._backends else message.agent
-
-    def _over_budget(
-        self, message: InboxMessage, conversation: Conversation, exceeded: Exceeded
-    ) -> Reply:
-        """The refusal of a message over a budget's limit; the agent is not called."""
-        agent = self._agent_of(message, conversation)
-        self.metrics.budget_refusals.labels(agent, exceeded.limit.name).inc()
-        log.info(
-            "message %d from %s:%s refused: %s reached (%d of %d)",
-            message.id,
-            message.key.platform,
-            message.sender,
-            exceeded.limit.name,
-            exceeded.used,
-            exceeded.limit.maximum,
-        )
-        return self.budgets.refusal(exceeded)
 
     async def _ask_agent(
         self, message: InboxMessage, conversation: Conversation, live: LiveAnswer | None = None
