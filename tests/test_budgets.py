@@ -66,7 +66,7 @@ def test_budget_errors_name_the_key() -> None:
         {
             "user_daily_messages": 0,
             "chat_daily_tokens": "100",
-            "unlimited_users": ["123"],
+            "unlimited_users": ["telegram:1", "telegram:@alice", "slack:general", "123"],
             "text": "over {limt}",
             "user_dayly_messages": 3,
         }
@@ -74,7 +74,8 @@ def test_budget_errors_name_the_key() -> None:
     joined = "\n".join(found)
     assert "budgets.user_daily_messages:" in joined
     assert "budgets.chat_daily_tokens:" in joined
-    assert any(p.startswith("budgets.unlimited_users") and "platform:user id" in p for p in found)
+    unlimited = [p.partition(":")[0] for p in found if "platform:user id" in p]
+    assert unlimited == [f"budgets.unlimited_users[{n}]" for n in (1, 2, 3)]
     assert any(p.startswith("budgets.text:") and "{limt}" in p for p in found)
     assert 'budgets.user_dayly_messages: unknown key; did you mean "user_daily_messages"?' in found
 

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import re
 import string
+from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import AfterValidator, Field, field_validator
 
 from bridge.config.fields import Section
 
@@ -44,7 +45,20 @@ LIMIT_KEYS = (
 )
 
 #: Who is exempt: ``platform:user id``, as the usage report names users.
-_UNLIMITED_USER = re.compile(r"(telegram|slack|console):\S+")
+#: Telegram's numeric user ids (a @username can change hands), Slack's U/W ids.
+_UNLIMITED_USER = re.compile(r"telegram:\d+|slack:[UW][A-Z0-9]+|console:\S+")
+
+
+def _check_user(value: str) -> str:
+    if not _UNLIMITED_USER.fullmatch(value):
+        raise ValueError(
+            'expected "platform:user id", e.g. "telegram:123" (numeric) or "slack:U0123ABCD"'
+        )
+    return value
+
+
+#: One entry of ``unlimited_users``; an error names its index.
+UnlimitedUser = Annotated[str, AfterValidator(_check_user)]
 
 
 def _check_text(value: str) -> str:
@@ -81,7 +95,7 @@ class BudgetsConfig(Section):
     agents: dict[str, AgentCapConfig] = Field(default_factory=dict)
     #: ``"telegram:123"``, ``"slack:U123"``: no limit applies to them (their use
     #: is still counted, also towards the agents' caps).
-    unlimited_users: list[str] = Field(default_factory=list)
+    unlimited_users: list[UnlimitedUser] = Field(default_factory=list)
     #: The answer to a message over a user's or a chat's limit.
     text: str = (
         "Sorry, you have reached {limit} ({used} of {max}). It resets at {resets} (in {resets_in})."
@@ -91,16 +105,6 @@ class BudgetsConfig(Section):
         "Sorry, the agent has reached {limit} ({used} of {max}) for everyone today. "
         "It resets at {resets} (in {resets_in})."
     )
-
-    @field_validator("unlimited_users")
-    @classmethod
-    def _users(cls, value: list[str]) -> list[str]:
-        for user in value:
-            if not _UNLIMITED_USER.fullmatch(user):
-                raise ValueError(
-                    f'expected "platform:user id" (e.g. "telegram:123", "slack:U123"), not {user!r}'
-                )
-        return value
 
     @field_validator("text", "agent_cap_text")
     @classmethod
