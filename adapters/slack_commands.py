@@ -1,5 +1,5 @@
-"""The ``/agent`` slash command: ``status``, ``reset`` (in a DM), ``help``, and
-``approve CODE`` for the admins (`adapters.slack_access`).
+"""The ``/agent`` slash command: ``status``, ``reset`` (in a DM), ``usage``, ``help``,
+and ``approve CODE`` for the admins (`adapters.slack_access`).
 
 `answer_command` returns the text the command is acknowledged with (Slack shows it to
 the user alone). A slash command carries no thread, so in a DM it acts on the DM's
@@ -36,7 +36,7 @@ TEXT_HELP = (
     "{followups}\n"
     "• In a DM: just write; every message is answered.\n"
     "• `@{name} reset` in a thread (or `reset` in a DM) starts the conversation over.\n"
-    "*Commands*: `/agent status`, `/agent reset` (in a DM), `/agent help`; "
+    "*Commands*: `/agent status`, `/agent reset` (in a DM), `/agent usage`, `/agent help`; "
     "admins: `/agent approve CODE`."
 )
 TEXT_FOLLOWUPS = "Later messages in that thread are answered without a new mention."
@@ -92,6 +92,8 @@ async def answer_command(
             return TEXT_RESET
         if sub == "status":
             return await _status_text(dispatcher, key, agent, is_dm)
+        if sub == "usage":
+            return await dispatcher.usage_text(PLATFORM, user, channel, agent)
     except StorageError as exc:
         log.error("Slack /agent %s failed: %s", sub, exc)
         return TEXT_STORAGE

@@ -55,6 +55,7 @@ from adapters.telegram_events import (
     Stranger,
     Submit,
     TelegramEvents,
+    UsageQuery,
     status_text,
 )
 from adapters.telegram_live import TelegramDraft, is_private
@@ -406,6 +407,8 @@ class TelegramAdapter(ChatAdapter):
                 self._answer(message, text)
                 if tell is not None:
                     self._tell(*tell)
+            case UsageQuery(message, user, chat, agent):
+                self._answer(message, await self.dispatcher.usage_text(PLATFORM, user, chat, agent))
             case None:
                 pass
 

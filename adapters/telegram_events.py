@@ -3,10 +3,10 @@
 `TelegramEvents.route()` takes a parsed `Update` and returns one action, without
 any I/O: `Submit` (an `IncomingMessage` for the dispatcher), `Answer` (a fixed
 text: /start, /help, a usage hint), `Reset` or `Status` (a command on the
-conversation), `Refuse` (access control or content we cannot read), `Stranger`
-(someone the config's allowlist refuses: the store's is asked next, see
-`adapters.telegram_access`), `Approve` (an admin's ``/approve CODE``), or None
-(nothing to do). `adapters.telegram` carries the action out.
+conversation), `UsageQuery` (/usage: the sender's budget), `Refuse` (access control
+or content we cannot read), `Stranger` (someone the config's allowlist refuses: the
+store's is asked next, see `adapters.telegram_access`), `Approve` (an admin's
+``/approve CODE``), or None (nothing to do). `adapters.telegram` carries the action out.
 
 The rules, as Telegram delivers messages:
 
@@ -45,6 +45,7 @@ COMMANDS = (
     BotCommand("reset", "Start a new conversation"),
     BotCommand("status", "Agent, turns and tokens of this conversation"),
     BotCommand("ask", "Ask the agent (in groups): /ask your question"),
+    BotCommand("usage", "What you have used today and this month, and what is left"),
 )
 #: Not in the menu (`COMMANDS`): only the admins (``telegram.admins``) may use them.
 ADMIN_COMMANDS = frozenset({"approve"})
@@ -53,13 +54,14 @@ _OURS = frozenset(c.command for c in COMMANDS) | ADMIN_COMMANDS
 HELLO_PRIVATE = (
     "Hi! I pass your messages to an AI agent and bring back its answers. Just write to me.\n\n"
     "/new (or /reset) starts a new conversation, /status shows what this one has used, "
-    "/help shows this text."
+    "/usage what you have used today and what is left, /help shows this text."
 )
 HELLO_GROUP = (
     "Hi! In this group, mention me (@{username}), reply to one of my messages, or write "
     "/ask followed by your question, and the AI agent answers. Each chat (and each forum "
     "topic) is its own conversation.\n\n"
-    "/new (or /reset) starts a new conversation, /status shows what this one has used."
+    "/new (or /reset) starts a new conversation, /status shows what this one has used, "
+    "/usage what you have used today and what is left."
 )
 TEXT_ONLY = (
     "Sorry, I can only read text. Please write your question (a photo or file with a caption "
@@ -136,7 +138,17 @@ class Approve:
     code: str
 
 
-Action = Submit | Answer | Refuse | Reset | Status | Stranger | Approve | None
+@dataclass(frozen=True, slots=True)
+class UsageQuery:
+    """/usage: the sender's use and what is left (`Dispatcher.usage_text`)."""
+
+    message: Message
+    user: str
+    chat: str
+    agent: str
+
+
+Action = Submit | Answer | Refuse | Reset | Status | UsageQuery | Stranger | Approve | None
 
 
 def status_text(agent: str, conversation: Conversation | None) -> str:
@@ -246,6 +258,8 @@ class TelegramEvents:
             return Reset(message, key, agent)
         elif command == "status":
             return Status(message, key, agent)
+        elif command == "usage":
+            return UsageQuery(message, str(user.id), str(chat.id), agent)
         if text is None:
             if message.effective_attachment is not None:
                 return Refuse(message, TEXT_ONLY)

@@ -9,6 +9,7 @@ adds the chat adapters on top.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
@@ -16,6 +17,7 @@ import httpx
 
 from bridge.backends import create_backends, create_http_client
 from bridge.backends.base import AgentBackend
+from bridge.budgets import Budgets, clock_from_env
 from bridge.config import Config
 from bridge.dispatcher import Dispatcher
 from bridge.instance import Instance
@@ -64,6 +66,8 @@ async def open_core(config: Config, *, metrics: Metrics | None = None) -> AsyncI
                 metrics=metrics,
                 retention_days=config.storage.retention_days,
                 poll_interval=config.storage.poll_interval,
+                # The clock is replaced by tests only (bridge.budgets.TEST_CLOCK_ENV).
+                budgets=Budgets(config.budgets, clock=clock_from_env(os.environ)),
             )
         )
         yield Core(config, store, http, backends, dispatcher, metrics, instance)

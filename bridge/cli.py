@@ -10,6 +10,7 @@
     agent-bridge sessions reset ...      give conversations a fresh agent session
     agent-bridge feedback list [--since] feedback given on agent answers
     agent-bridge users approve CODE      approve a refused person (also list|allow|deny|log)
+    agent-bridge usage [--since] [--by]  messages and tokens used (per day, user, chat, agent)
 
 Exit codes: 0 fine, 1 a runtime failure (store, platform), 2 a usage or
 config error (one line per problem, naming the key).
@@ -30,7 +31,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from bridge import __version__, cli_feedback, cli_users
+from bridge import __version__, cli_feedback, cli_usage, cli_users
 from bridge.config import (
     BACKENDS,
     DEFAULT_CONFIG_NAME,
@@ -162,6 +163,7 @@ def _parser() -> argparse.ArgumentParser:
     s_reset.set_defaults(handler=_cmd_sessions_reset)
     cli_feedback.add_parser(commands, common, _cmd_feedback_list)
     cli_users.add_parser(commands, common, _cmd_users)
+    cli_usage.add_parser(commands, common, _cmd_usage)
     return parser
 
 
@@ -336,6 +338,12 @@ def _cmd_users(args: argparse.Namespace) -> int:
     config, _ = _load(args, allow_default=True)
     _setup_cli_logging(args)
     return _run(cli_users.run(config, args))
+
+
+def _cmd_usage(args: argparse.Namespace) -> int:
+    config, _ = _load(args, allow_default=True)
+    _setup_cli_logging(args)
+    return _run(cli_usage.run_usage(config.storage.url, args.since, args.by, args.format))
 
 
 def _cmd_sessions_reset(args: argparse.Namespace) -> int:

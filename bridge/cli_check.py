@@ -19,6 +19,7 @@ import asyncio
 import logging
 from pathlib import Path
 
+from bridge.budgets import describe_budgets
 from bridge.cli import EXIT_FAILURE, EXIT_OK
 from bridge.config import (
     Config,
@@ -168,6 +169,7 @@ def describe_config(config: Config) -> list[str]:
             f"alerts: to {' and '.join(places)}, each problem at most every "
             f"{al.repeat_after:g}s, degraded after {al.degraded_after:g}s"
         )
+    lines.append(describe_budgets(config.budgets))
     daemon = config.daemon
     lines.append(
         f"daemon: health {'on ' + daemon.http_listen if daemon.http_listen else 'off'}, "

@@ -45,7 +45,8 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
 from bridge.access import Access
-from bridge.config import DispatcherConfig, MessagesConfig
+from bridge.budgets import Budgets
+from bridge.config import BudgetsConfig, DispatcherConfig, MessagesConfig
 from bridge.errors import (
     StorageError,
 )
@@ -102,8 +103,10 @@ class Dispatcher(Turns):
         poll_interval: float = 2.0,
         delivery_backoff: Sequence[float] = DELIVERY_BACKOFF,
         store_retry: Sequence[float] = STORE_RETRY,
+        budgets: Budgets | None = None,
     ) -> None:
         self.messages = messages
+        self.budgets = budgets if budgets is not None else Budgets(BudgetsConfig())
         self.metrics = metrics if metrics is not None else Metrics()
         self.instance = instance
         self._store = store
@@ -319,6 +322,12 @@ class Dispatcher(Turns):
 
     async def conversation(self, key: ConversationKey) -> Conversation | None:
         return await self._store.get_conversation(key)
+
+    async def usage_text(self, platform: str, user: str, chat: str, agent: str) -> str:
+        """What ``/usage`` answers ``user``: their use today and this month, what is left."""
+        return await self.budgets.usage_text(
+            self._store, platform=platform, user=user, chat=chat, agent=agent
+        )
 
     async def note_pieces(self, message: InboxMessage, pieces: int) -> None:
         """An adapter posted the first ``pieces`` pieces of a long reply: a retry,

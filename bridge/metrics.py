@@ -118,6 +118,12 @@ class Metrics:
             "Stored replies waiting to be posted again after the platform refused them.",
             registry=r,
         )
+        self.budget_refusals = Counter(
+            "agent_bridge_budget_refusals",
+            "Messages refused without calling the agent: a budget's limit (the config key).",
+            ["agent", "limit"],
+            registry=r,
+        )
 
         self.alerts_sent = Counter(
             "agent_bridge_alerts_sent",

@@ -54,6 +54,7 @@ from bridge.model import (
     Usage,
     agent_input,
 )
+from bridge.turn_budgets import TurnBudgets
 
 if TYPE_CHECKING:
     from bridge.alerts import Alerter
@@ -86,7 +87,7 @@ class _Cancelled(Exception):
     """The message was cancelled (`Dispatcher.cancel`) during its agent call."""
 
 
-class Turns:
+class Turns(TurnBudgets):
     """The part of the `Dispatcher` that answers one message (a base class of it:
     the state below is the dispatcher's)."""
 
@@ -185,9 +186,15 @@ class Turns:
                 max_chars=self._config.max_input_chars,
             )
             return Reply(text, error_kind="input_too_long"), None
-        conversation = await self._store.start_turn(message, self.instance.id)
-        if conversation is None:
+        # Marked running and charged to its budgets in one transaction, before the call.
+        started = await self._store.start_charged_turn(
+            message, self.instance.id, self._budget(message)
+        )
+        if started is None:
             return None, None
+        conversation, exceeded = started
+        if exceeded is not None:
+            return self._over_budget(message, conversation, exceeded), None
         self._in_flight += 1
         self.metrics.in_flight.set(self._in_flight)
         call = asyncio.create_task(
@@ -216,7 +223,7 @@ class Turns:
     async def _ask_agent(
         self, message: InboxMessage, conversation: Conversation, live: LiveAnswer | None = None
     ) -> tuple[Reply, tuple[int, str | None, Usage] | None]:
-        name = conversation.agent if conversation.agent in self._backends else message.agent
+        name = self._agent_of(message, conversation)
         backend = self._backends.get(name)
         if backend is None:
             log.error(

@@ -41,6 +41,7 @@ from typing import Any
 from sqlalchemy import case, exists, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from bridge.budgets import Exceeded, TurnBudget
 from bridge.chat import LIVE_REF
 from bridge.errors import StorageError
 from bridge.model import (
@@ -63,6 +64,7 @@ from storage.rows import (
     unfinished_condition,
 )
 from storage.schema import conversations, instances, messages
+from storage.usage import reserve_in, settle_usage
 from storage.wakeup import WORK_CHANNEL, Wakeup
 
 log = logging.getLogger("storage")
@@ -271,6 +273,15 @@ class Queue(Conversations, Wakeup, QueueViews):
         """`mark_running`, and the conversation as it is now (its agent and session),
         read in the same transaction: one round trip less before the agent call.
         None if the lease is gone."""
+        started = await self.start_charged_turn(message, owner, None)
+        return None if started is None else started[0]
+
+    async def start_charged_turn(
+        self, message: InboxMessage, owner: str, budget: TurnBudget | None
+    ) -> tuple[Conversation, Exceeded | None] | None:
+        """`start_turn`, and in the same transaction the turn's budget charge
+        (`storage.usage.reserve_in`) of ``budget(conversation)``: the limit
+        reached, or None (charged). None if the lease is gone."""
         statement = self._step_statement(
             message,
             owner,
@@ -278,15 +289,20 @@ class Queue(Conversations, Wakeup, QueueViews):
             status=MessageStatus.RUNNING.value,
             attempts=messages.c.attempts + 1,
         )
+        exceeded: Exceeded | None = None
         async with self._write("start a turn") as conn:
             if (await conn.execute(statement)).rowcount != 1:
                 return None
             row = await self._select_conversation(
                 conn, conversations.c.id == message.conversation_id
             )
-        if row is None:  # pragma: no cover - the message's foreign key keeps it
-            raise StorageError(f"conversation {message.conversation_id} does not exist")
-        return conversation_from_row(row)
+            if row is None:  # pragma: no cover - the message's foreign key keeps it
+                raise StorageError(f"conversation {message.conversation_id} does not exist")
+            conversation = conversation_from_row(row)
+            if budget is not None:
+                charge, limits = budget(conversation)
+                exceeded = await reserve_in(conn, self._insert, charge, limits)
+        return conversation, exceeded
 
     async def save_answer(
         self,
@@ -301,7 +317,8 @@ class Queue(Conversations, Wakeup, QueueViews):
         begun), and count the agent's turn (``(epoch, session_id, usage)``) in
         the same transaction: a crash from here on posts the stored reply
         instead of asking (and billing) the agent again, and a turn is never
-        counted without its answer. False if the lease is gone."""
+        counted without its answer. The turn's budget charge is settled in the same
+        transaction too (`storage.usage.settle_usage`). False if the lease is gone."""
         statement = self._step_statement(
             message,
             owner,
@@ -320,6 +337,8 @@ class Queue(Conversations, Wakeup, QueueViews):
                     await conn.execute(
                         turn_update(message.conversation_id, epoch, session_id, usage)
                     )
+                # The turn's budget charge: its tokens, or given back without an answer.
+                await settle_usage(conn, message.id, None if turn is None else turn[2])
         except _LeaseLost:
             return False
         return True

@@ -276,3 +276,37 @@ access_audit = Table(
     Column("user_id", String, nullable=False),
     Column("actor", String, nullable=False),
 )
+
+#: Usage accounting (``storage/usage.py``): one row per turn the agent was asked
+#: for, charged one message at the turn's start, its tokens when its answer is
+#: stored. No foreign key: the record outlives the message's text and the message.
+usage = Table(
+    "usage",
+    metadata,
+    Column("id", Id, primary_key=True),
+    #: One charge per message, whichever instance or attempt made it.
+    Column("message_id", Id, nullable=False, unique=True),
+    #: The UTC day the turn began (YYYY-MM-DD), the unit of the report and budgets.
+    Column("day", String(10), nullable=False, index=True),
+    #: ``platform:user id`` and ``platform:chat id``.
+    Column("user_id", String, nullable=False),
+    Column("chat", String, nullable=False),
+    Column("agent", String, nullable=False),
+    Column("input_tokens", BigInteger, nullable=False, server_default="0"),
+    Column("output_tokens", BigInteger, nullable=False, server_default="0"),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+#: The budgets' counters: per subject (``user:telegram:123``, ``chat:slack:C1``,
+#: ``agent:default``) and period (a day, YYYY-MM-DD, or a month, YYYY-MM). A turn's
+#: charge and check lock its rows (an upsert's row locks on PostgreSQL), so two
+#: instances cannot both take the last message of a budget.
+usage_counters = Table(
+    "usage_counters",
+    metadata,
+    Column("subject", String, primary_key=True),
+    Column("period", String(10), primary_key=True),
+    Column("messages", BigInteger, nullable=False, server_default="0"),
+    Column("input_tokens", BigInteger, nullable=False, server_default="0"),
+    Column("output_tokens", BigInteger, nullable=False, server_default="0"),
+)

@@ -13,7 +13,8 @@ async), assembled from its parts along their seams:
   core's `bridge.history.ConversationHistory`);
 - `storage.feedback.Feedback`: users' feedback on the agent's answers;
 - `storage.alerts.Alerts`: the admin alerts' problems, and who sends them;
-- `storage.access.AccessLists`: the allowlist kept in the store and its pairing codes.
+- `storage.access.AccessLists`: the allowlist kept in the store and its pairing codes;
+- `storage.usage.UsageStore`: usage accounting and the budgets' counters.
 
 Every method is one transaction, committed when it returns.
 
@@ -34,11 +35,12 @@ from storage.feedback import Feedback, FeedbackEntry
 from storage.history import History
 from storage.instances import Instances
 from storage.queue import FINISHED, UNFINISHED, Claim, Queue, QueueStats
+from storage.usage import UsageRow, UsageStore
 
 log = logging.getLogger("storage")
 
 
-class Store(Queue, Instances, History, Feedback, Alerts, AccessLists):
+class Store(Queue, Instances, History, Feedback, Alerts, AccessLists, UsageStore):
     """The inbox, the conversations, the instances, the history and the feedback;
     an async context manager.
 
@@ -71,4 +73,5 @@ __all__ = [
     "FeedbackEntry",
     "QueueStats",
     "Store",
+    "UsageRow",
 ]

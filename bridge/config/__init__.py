@@ -39,6 +39,7 @@ from bridge.config.agents import (
     ThinnestAgentConfig,
 )
 from bridge.config.alerts import AlertsConfig
+from bridge.config.budgets import AgentCapConfig, BudgetsConfig
 from bridge.config.fields import (
     DEFAULT_CONFIG_NAME,
     DEFAULT_STORAGE_URL,
@@ -78,8 +79,10 @@ __all__ = [
     "SECRET_KEYS",
     "TELEGRAM_API_URL",
     "AgentBase",
+    "AgentCapConfig",
     "AgentConfig",
     "AlertsConfig",
+    "BudgetsConfig",
     "Config",
     "ConfigError",
     "DaemonConfig",

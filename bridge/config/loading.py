@@ -94,6 +94,12 @@ def parse_config(
         # A key whose own value is wrong is not also wrong with its neighbours.
         if not _reported(problems, line.partition(":")[0]):
             problems.append(line)
+    if config is not None:  # budgets: an agent's own cap must name an agent
+        problems += [
+            f'budgets.agents.{name}: no agent named "{name}" (define [agents.{name}])'
+            for name in config.budgets.agents
+            if name not in names
+        ]
     if problems or config is None:
         raise ConfigError(_unique(problems))
     return config.model_copy(

@@ -14,6 +14,7 @@ from pydantic import (
 
 from bridge.config.agents import AgentConfig
 from bridge.config.alerts import AlertsConfig
+from bridge.config.budgets import BudgetsConfig
 from bridge.config.fields import (
     DEFAULT_STORAGE_URL,
     TELEGRAM_API_URL,
@@ -251,3 +252,4 @@ class Config(Section):
     slack: SlackConfig | None = None
     daemon: DaemonConfig = DaemonConfig()
     alerts: AlertsConfig | None = None
+    budgets: BudgetsConfig = BudgetsConfig()

@@ -222,6 +222,8 @@ class FakeAgentServer:
         self.calls: list[RecordedCall] = []
         self.sessions: dict[str, list[str]] = {}
         self.expired: set[str] = set()
+        #: The usage each thinnest chat answer reported, in order (the bill to match).
+        self.reported_usage: list[dict[str, int]] = []
         self.arrived = asyncio.Event()
         self._chat_script: list[FakeResponse] = []
         self._probe_script: list[FakeResponse] = []
@@ -393,16 +395,14 @@ class FakeAgentServer:
         self.sessions.setdefault(session_id, []).append(message)
         reply = f"echo: {message}"
         words_in, words_out = len(message.split()), len(reply.split())
+        usage = {
+            "input_tokens": words_in,
+            "output_tokens": words_out,
+            "total_tokens": words_in + words_out,
+        }
+        self.reported_usage.append(usage)
         return web.json_response(
-            {
-                "response": reply,
-                "session_id": session_id,
-                "usage": {
-                    "input_tokens": words_in,
-                    "output_tokens": words_out,
-                    "total_tokens": words_in + words_out,
-                },
-            },
+            {"response": reply, "session_id": session_id, "usage": usage},
             headers={"X-RateLimit-Limit": "60", "X-RateLimit-Remaining": "59"},
         )
 
