@@ -165,3 +165,34 @@ async def test_telegram_unreachable_past_degraded_after_alerts_then_recovers(
     assert "degraded" in alert.params["text"] and "telegram: disconnected" in alert.params["text"]
     assert "healthy again" in admin[1].params["text"]
     assert len(tg.sent(ADMINS)) == 2
+
+
+async def test_an_agents_budget_cap_reached_alerts_the_admins(tmp_path: Path) -> None:
+    """The budgets and the alerts together: the agent's overall daily cap refusing a
+    message (``error_kind = "budget_agent_cap"``) is announced once to the admins'
+    chat, naming the agent and what to do, and the agent is not called for it."""
+    async with FakeTelegram() as tg, FakeAgentServer() as agents:
+        config = telegram_config(tmp_path, tg, agents, free_port())
+        text = config.read_text(encoding="utf-8") + "\n[budgets]\nagent_daily_messages = 1\n"
+        config.write_text(text, encoding="utf-8")
+        bridge = BridgeProcess(config, subprocess_env())
+        try:
+            await bridge.start()
+            try:
+                await tg.wait_calls("getUpdates", within=30)
+            except TimeoutError:
+                raise AssertionError(bridge.stderr) from None
+            tg.push(private_text(ALICE, "one"))
+            await tg.wait_sent(ALICE.id, within=15)
+            tg.push(private_text(ALICE, "two"))
+            answers = await tg.wait_sent(ALICE.id, count=2, within=15)
+            [alert] = await tg.wait_sent(ADMINS, within=15)
+            bridge.signal(signal.SIGTERM)
+            assert await bridge.wait() == 0, bridge.stderr
+        finally:
+            await bridge.kill()
+
+    assert answers[0].params["text"] == "echo: one"
+    assert "for everyone today" in answers[1].params["text"]  # budgets.agent_cap_text
+    assert len(agents.calls) == 1, "the capped message reached the agent"
+    assert "default" in alert.params["text"] and "budget cap" in alert.params["text"]
