@@ -18,8 +18,10 @@ from bridge.backends import create_backends, create_http_client
 from bridge.backends.base import AgentBackend
 from bridge.config import Config
 from bridge.dispatcher import Dispatcher
+from bridge.files import FileReader
 from bridge.instance import Instance
 from bridge.metrics import Metrics
+from bridge.transcription import Transcriber
 from storage.store import Store
 
 
@@ -54,6 +56,8 @@ async def open_core(config: Config, *, metrics: Metrics | None = None) -> AsyncI
         )
         for backend in backends.values():
             stack.push_async_callback(backend.aclose)
+        voice = config.transcription
+        files = FileReader(config.files, Transcriber(voice, http) if voice is not None else None)
         dispatcher = await stack.enter_async_context(
             Dispatcher(
                 store,
@@ -64,6 +68,7 @@ async def open_core(config: Config, *, metrics: Metrics | None = None) -> AsyncI
                 metrics=metrics,
                 retention_days=config.storage.retention_days,
                 poll_interval=config.storage.poll_interval,
+                files=files,
             )
         )
         yield Core(config, store, http, backends, dispatcher, metrics, instance)

@@ -30,10 +30,12 @@ from __future__ import annotations
 import contextlib
 import enum
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from types import TracebackType
 from typing import TYPE_CHECKING, ClassVar, Self
 
+from bridge.attachments import Attachment
+from bridge.errors import AttachmentError
 from bridge.model import InboxMessage, Reply
 
 if TYPE_CHECKING:
@@ -92,6 +94,20 @@ class ChatAdapter(ABC):
         dispatcher still posts the final reply with `send_reply`, which may finish
         the live view in place rather than post anew. Default: None."""
         return None
+
+    def attachment_chunks(
+        self, message: InboxMessage, attachment: Attachment
+    ) -> AsyncGenerator[bytes, None]:
+        """The bytes of one of ``message``'s attachments (`bridge.attachments`), as
+        they come from the platform: the core writes them to a private temp file and
+        stops reading at ``files.max_bytes`` (closing the iterator, which must then
+        drop the download). Raise `AttachmentError` when the platform refuses it.
+        Default: the platform has no files."""
+        raise AttachmentError(
+            "unavailable",
+            f"{self.platform} cannot fetch attachments",
+            user_message=f"Sorry, I could not download {attachment.name}.",
+        )
 
     async def check(self) -> str:
         """Check the credentials live (e.g. ``auth.test``); return a one-line

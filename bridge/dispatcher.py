@@ -44,10 +44,11 @@ from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
-from bridge.config import DispatcherConfig, MessagesConfig
+from bridge.config import DispatcherConfig, FilesConfig, MessagesConfig
 from bridge.errors import (
     StorageError,
 )
+from bridge.files import FileReader
 from bridge.instance import Instance
 from bridge.metrics import Metrics
 from bridge.model import (
@@ -101,8 +102,11 @@ class Dispatcher(Turns):
         poll_interval: float = 2.0,
         delivery_backoff: Sequence[float] = DELIVERY_BACKOFF,
         store_retry: Sequence[float] = STORE_RETRY,
+        files: FileReader | None = None,
     ) -> None:
         self.messages = messages
+        #: Reads a message's attachments in its turn (`bridge.files`).
+        self._files = files if files is not None else FileReader(FilesConfig())
         self.metrics = metrics if metrics is not None else Metrics()
         self.instance = instance
         self._store = store
