@@ -9,16 +9,18 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from adapters.telegram import TelegramAdapter
 from bridge.app import Core, open_core
-from bridge.config import TELEGRAM_API_URL, parse_config
+from bridge.config import TELEGRAM_API_URL, Config, TranscriptionConfig, parse_config
 from bridge.config.fields import telegram_file_url
 from bridge.logs import NOISY_LOGGERS
 from tests.adapters.test_telegram import answered, make_config, running
 from tests.fakes import documents
 from tests.fakes.agents import FakeAgentServer, FakeResponse
 from tests.fakes.telegram import ALICE, FakeTelegram, document, photo, voice_note
+from tests.fakes.transcription import FakeTranscription
 
 
 @pytest.fixture
@@ -301,3 +303,63 @@ async def test_file_contents_never_reach_the_log(
     assert "secret.pdf" in logged  # the name, at DEBUG
     assert all(r.levelno == logging.DEBUG for r in caplog.records if "secret.pdf" in r.getMessage())
     assert secret not in logged
+
+
+@pytest.fixture
+async def stt() -> AsyncIterator[FakeTranscription]:
+    async with FakeTranscription() as server:
+        yield server
+
+
+def with_voice(config: Config, stt: FakeTranscription, *, key: str | None = None) -> Config:
+    voice = TranscriptionConfig(base_url=stt.base_url, api_key=SecretStr(key or stt.api_key))
+    return config.model_copy(update={"transcription": voice})
+
+
+async def test_a_voice_note_reaches_the_agent_as_its_transcript_and_the_user_sees_it(
+    tmp_path: Path, tg: FakeTelegram, agents: FakeAgentServer, stt: FakeTranscription
+) -> None:
+    stt.text = "what's the weather in Lisbon?"
+    async with running(with_voice(make_config(tmp_path, tg, agents), stt)):
+        file_id = tg.add_file(documents.OGG, path="voice/file_3.oga")
+        update = voice_note(ALICE, file_id, size=len(documents.OGG))
+        reply = await answered(tg, update, ALICE.id)
+    [call] = stt.calls
+    # Telegram's .oga is uploaded as .ogg, which every such endpoint accepts.
+    assert (call.filename, call.content_type, call.model) == ("voice.ogg", "audio/ogg", "whisper-1")
+    assert call.content == documents.OGG
+    assert agents.chat_calls[-1].json["message"] == "what's the weather in Lisbon?"
+    # "> 🎤 {text}" is a Markdown quote: a blockquote entity on Telegram.
+    assert (
+        reply["text"] == "🎤 what's the weather in Lisbon?\n\necho: what's the weather in Lisbon?"
+    )
+    assert any(e["type"] == "blockquote" for e in reply["entities"])
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        (401, "not authorized to use its transcription service"),
+        (413, "too long for me to listen to"),
+        (429, "too many recordings at once"),
+        (503, "can't listen to recordings right now"),
+    ],
+)
+async def test_transcription_errors_get_friendly_texts(
+    tmp_path: Path,
+    tg: FakeTelegram,
+    agents: FakeAgentServer,
+    stt: FakeTranscription,
+    status: int,
+    expected: str,
+) -> None:
+    config = with_voice(make_config(tmp_path, tg, agents), stt)
+    if status == 401:
+        config = with_voice(config, stt, key="sk-wrong")
+    else:
+        stt.fail_next(status)
+    async with running(config):
+        file_id = tg.add_file(documents.OGG, path="voice/file_4.oga")
+        reply = await answered(tg, voice_note(ALICE, file_id, size=len(documents.OGG)), ALICE.id)
+    assert expected in reply["text"]
+    assert agents.chat_calls == []
