@@ -196,6 +196,9 @@ class FakeTelegram:
         #: file_id -> (file_path, content, the size getFile reports)
         self.files: dict[str, tuple[str, bytes, int]] = {}
         self.downloads: list[Download] = []
+        #: Set: downloads flow; cleared by `hold_downloads`, they stop after a first chunk.
+        self._downloads_flow = asyncio.Event()
+        self._downloads_flow.set()
         self._file_ids = itertools.count(1)
 
     # --- lifecycle ------------------------------------------------------------------
@@ -271,6 +274,13 @@ class FakeTelegram:
         self.files[file_id] = (path, content, len(content) if size is None else size)
         return file_id
 
+    def hold_downloads(self) -> None:
+        """Downloads send their first chunk, then wait for `release_downloads`."""
+        self._downloads_flow.clear()
+
+    def release_downloads(self) -> None:
+        self._downloads_flow.set()
+
     async def _download(self, request: web.Request) -> web.StreamResponse:
         token = request.match_info["token"]
         path = request.match_info["path"]
@@ -287,6 +297,8 @@ class FakeTelegram:
             for start in range(0, len(content), 65536):
                 await response.write(content[start : start + 65536])
                 record.sent = min(start + 65536, len(content))
+                self._notify()
+                await self._downloads_flow.wait()
             await response.write_eof()
         except (ConnectionResetError, aiohttp.ClientConnectionResetError):
             return response  # the bot stopped reading: not sent whole
