@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 #: The key of ``IncomingMessage.meta`` holding the attachments (a list of dicts).
@@ -97,3 +97,42 @@ def attachments_of(meta: Mapping[str, Any]) -> list[Attachment]:
         return []
     found = (Attachment.from_meta(item) for item in raw)
     return [a for a in found if a is not None]
+
+
+@dataclass(frozen=True, slots=True)
+class Image:
+    """An image for a backend that takes images (`AgentBackend.takes_images`): a
+    ``data:`` URL of the downloaded file, capped by ``files.max_bytes``."""
+
+    name: str
+    mime_type: str
+    data_url: str = field(repr=False)
+
+
+class AgentText(str):
+    """The text sent to the agent for a message with attachments (`bridge.files`).
+
+    It is the message, a plain `str` to every backend; a backend that takes images
+    finds them in ``images``. Its repr, which the backends' DEBUG log prints, shows
+    only the user's part (``shown``): the documents' text and the transcripts in it
+    are never logged, at any level, and neither are the images.
+    """
+
+    shown: str
+    images: tuple[Image, ...]
+
+    def __new__(cls, text: str, shown: str, images: tuple[Image, ...] = ()) -> AgentText:
+        value = super().__new__(cls, text)
+        value.shown = shown
+        value.images = images
+        return value
+
+    def __repr__(self) -> str:
+        hidden = len(self) - len(self.shown)
+        images = f", {len(self.images)} image(s)" if self.images else ""
+        return f"{self.shown!r} + <{hidden} characters from attachments{images}, not logged>"
+
+
+def images_of(message: str) -> tuple[Image, ...]:
+    """The images that came with ``message`` (none for a plain `str`)."""
+    return message.images if isinstance(message, AgentText) else ()

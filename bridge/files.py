@@ -40,7 +40,14 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePath
 from typing import TYPE_CHECKING
 
-from bridge.attachments import SPOKEN, Attachment, AttachmentKind, attachments_of
+from bridge.attachments import (
+    SPOKEN,
+    AgentText,
+    Attachment,
+    AttachmentKind,
+    Image,
+    attachments_of,
+)
 from bridge.config import FilesConfig
 from bridge.documents import Unreadable, to_text
 from bridge.errors import AttachmentError
@@ -94,32 +101,6 @@ def human_size(size: int) -> str:
     return f"{size} bytes"
 
 
-class AgentText(str):
-    """The text sent to the agent. Its repr, which the backends' DEBUG log prints,
-    shows only the user's part: the documents' text and transcripts in it are
-    never logged, at any level."""
-
-    shown: str
-
-    def __new__(cls, text: str, shown: str) -> AgentText:
-        value = super().__new__(cls, text)
-        value.shown = shown
-        return value
-
-    def __repr__(self) -> str:
-        hidden = len(self) - len(self.shown)
-        return f"{self.shown!r} + <{hidden} characters from attachments, not logged>"
-
-
-@dataclass(frozen=True, slots=True)
-class Image:
-    """An image for a backend that takes images: a ``data:`` URL."""
-
-    name: str
-    mime_type: str
-    data_url: str = field(repr=False)
-
-
 @dataclass(slots=True)
 class Prepared:
     """What a message's attachments became."""
@@ -155,7 +136,7 @@ class Prepared:
         full = "\n\n".join([*blocks, asked] if asked else blocks)
         # The user's own words are loggable; documents and transcripts are not.
         shown = agent_input(text.strip(), context) if text.strip() else ""
-        return AgentText(full, shown)
+        return AgentText(full, shown, tuple(self.images))
 
 
 class FileLimits:

@@ -15,11 +15,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bridge.attachments import Attachment, AttachmentKind, attachments_of
+from bridge.attachments import AgentText, Attachment, AttachmentKind, attachments_of
 from bridge.config import FilesConfig
 from bridge.documents import Unreadable, html_to_text, kind_of, markdown_table, to_text
 from bridge.errors import AttachmentError
-from bridge.files import AgentText, FileLimits, Prepared, downloaded, human_size
+from bridge.files import FileLimits, Prepared, downloaded, human_size
 from tests.fakes import documents
 
 

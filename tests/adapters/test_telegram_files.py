@@ -19,6 +19,7 @@ from bridge.logs import NOISY_LOGGERS
 from tests.adapters.test_telegram import answered, make_config, running
 from tests.fakes import documents
 from tests.fakes.agents import FakeAgentServer, FakeResponse
+from tests.fakes.openai_api import FAKE_OPENAI_KEY, FakeOpenAI, openai_config
 from tests.fakes.telegram import ALICE, FakeTelegram, document, photo, voice_note
 from tests.fakes.transcription import FakeTranscription
 
@@ -363,3 +364,22 @@ async def test_transcription_errors_get_friendly_texts(
         reply = await answered(tg, voice_note(ALICE, file_id, size=len(documents.OGG)), ALICE.id)
     assert expected in reply["text"]
     assert agents.chat_calls == []
+
+
+@pytest.mark.parametrize("api", ["responses", "chat"])
+async def test_a_photo_reaches_an_openai_agent_as_an_image_part_with_the_caption(
+    tmp_path: Path, tg: FakeTelegram, agents: FakeAgentServer, api: str
+) -> None:
+    jpeg = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4
+    async with FakeOpenAI(api_key=FAKE_OPENAI_KEY) as openai:
+        config = make_config(tmp_path, tg, agents)
+        vision = openai_config(openai.url, api=api)
+        config = config.model_copy(update={"agents": {**config.agents, "default": vision}})
+        async with running(config):
+            file_id = tg.add_file(jpeg, path="photos/file_5.jpg")
+            update = photo(ALICE, file_id, size=len(jpeg), caption="what is this?")
+            reply = await answered(tg, update, ALICE.id)
+    assert openai.images == [("image/jpeg", jpeg)]
+    assert reply["text"] == "echo: what is this?"
+    # The largest of Telegram's sizes was fetched, once.
+    assert [c.params["file_id"] for c in tg.calls_of("getFile")] == [file_id]
