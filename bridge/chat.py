@@ -95,6 +95,14 @@ class ChatAdapter(ABC):
         the live view in place rather than post anew. Default: None."""
         return None
 
+    async def describe_attachment(
+        self, message: InboxMessage, attachment: Attachment
+    ) -> Attachment:
+        """``attachment`` with what only a platform call tells (a Slack Connect stub's
+        name, type and size), asked in the message's turn before its limits apply.
+        Raise `AttachmentError` when the platform refuses. Default: as it is."""
+        return attachment
+
     def attachment_chunks(
         self, message: InboxMessage, attachment: Attachment
     ) -> AsyncGenerator[bytes, None]:

@@ -251,6 +251,7 @@ class FileReader:
         prepared: Prepared,
         takes_images: bool,
     ) -> None:
+        attachment = await adapter.describe_attachment(message, attachment)
         name = attachment.name
         if attachment.kind in SPOKEN and self.transcriber is None:
             raise AttachmentError("no_transcription", "no [transcription]", user_message=NO_VOICE)
