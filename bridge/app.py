@@ -57,7 +57,11 @@ async def open_core(config: Config, *, metrics: Metrics | None = None) -> AsyncI
         for backend in backends.values():
             stack.push_async_callback(backend.aclose)
         voice = config.transcription
-        files = FileReader(config.files, Transcriber(voice, http) if voice is not None else None)
+        files = FileReader(
+            config.files,
+            Transcriber(voice, http) if voice is not None else None,
+            metrics=metrics,
+        )
         dispatcher = await stack.enter_async_context(
             Dispatcher(
                 store,

@@ -51,6 +51,7 @@ from bridge.attachments import (
 from bridge.config import FilesConfig
 from bridge.documents import Unreadable, to_text
 from bridge.errors import AttachmentError
+from bridge.metrics import Metrics
 from bridge.model import InboxMessage, agent_input
 
 if TYPE_CHECKING:
@@ -86,6 +87,7 @@ NO_VOICE = (
     "Sorry, I can't listen to voice messages or audio here: voice is not set up. "
     "Please write your question."
 )
+SILENT = "I couldn't hear any words in that recording."
 TEXT_ONLY_AGENT = "_(This agent reads text only: it got your caption, not the image.)_"
 CUT = "_(Only the first {max_chars} characters of {name} reached the agent.)_"
 #: Written into the agent's copy where a document's text was cut.
@@ -219,10 +221,17 @@ async def downloaded(
 class FileReader:
     """Prepares a message's attachments for the agent (see the module docstring)."""
 
-    def __init__(self, config: FilesConfig, transcriber: Transcriber | None = None) -> None:
+    def __init__(
+        self,
+        config: FilesConfig,
+        transcriber: Transcriber | None = None,
+        *,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.config = config
         self.transcriber = transcriber
         self.limits = FileLimits(config)
+        self.metrics = metrics if metrics is not None else Metrics()
 
     async def prepare(
         self, adapter: ChatAdapter, message: InboxMessage, *, takes_images: bool
@@ -234,13 +243,16 @@ class FileReader:
         prepared = Prepared()
         for attachment in attachments:
             log.debug("message %d: %s", message.id, attachment.describe())
+            platform = message.key.platform
             try:
-                await self._one(adapter, message, attachment, prepared, takes_images)
+                outcome = await self._one(adapter, message, attachment, prepared, takes_images)
             except AttachmentError as exc:
                 # The name and the reason at DEBUG; the kind only above it.
                 log.info("message %d: an attachment was not used (%s)", message.id, exc.kind)
                 log.debug("message %d: %s: %s", message.id, attachment.name, exc)
                 prepared.notes.append(exc.user_message)
+                outcome = exc.kind
+            self.metrics.attachments.labels(platform, attachment.kind.value, outcome).inc()
         return prepared
 
     async def _one(
@@ -250,14 +262,17 @@ class FileReader:
         attachment: Attachment,
         prepared: Prepared,
         takes_images: bool,
-    ) -> None:
+    ) -> str:
+        """Read one attachment into ``prepared``; return "read" (or "text_only": an
+        image the agent cannot take). Raises `AttachmentError`."""
         attachment = await adapter.describe_attachment(message, attachment)
         name = attachment.name
         if attachment.kind in SPOKEN and self.transcriber is None:
             raise AttachmentError("no_transcription", "no [transcription]", user_message=NO_VOICE)
         if attachment.kind is AttachmentKind.IMAGE and not takes_images:
-            prepared.notes.append(TEXT_ONLY_AGENT)
-            return
+            if TEXT_ONLY_AGENT not in prepared.notes:
+                prepared.notes.append(TEXT_ONLY_AGENT)
+            return "text_only"
         user = message.sender
         if not self.limits.take_file(user):
             raise AttachmentError(
@@ -287,6 +302,7 @@ class FileReader:
         suffix = PurePath(name).suffix[:16]
         async with downloaded(chunks, cap, name=name, suffix=suffix) as (path, size):
             self.limits.add_bytes(user, size)
+            self.metrics.attachment_bytes.labels(message.key.platform).inc(size)
             log.debug("message %d: downloaded %s: %d bytes", message.id, name, size)
             if size == 0:
                 raise AttachmentError(
@@ -295,15 +311,16 @@ class FileReader:
             if attachment.kind in SPOKEN:
                 assert self.transcriber is not None
                 text = (await self.transcriber.transcribe(path, attachment)).strip()
-                if text:
-                    prepared.transcripts.append(text)
-                    heard = self.transcriber.config.heard
-                    if heard:
-                        prepared.heard.append(heard.format(text=_one_line(text)))
-                return
+                if not text:
+                    raise AttachmentError("silent", "empty transcript", user_message=SILENT)
+                prepared.transcripts.append(text)
+                heard = self.transcriber.config.heard
+                if heard:
+                    prepared.heard.append(heard.format(text=_one_line(text)))
+                return "read"
             if attachment.kind is AttachmentKind.IMAGE:
                 prepared.images.append(await _image(path, attachment))
-                return
+                return "read"
             if attachment.kind is not AttachmentKind.DOCUMENT:
                 raise AttachmentError(
                     "unsupported",
@@ -327,6 +344,7 @@ class FileReader:
             text = f"{text[:limit].rstrip()}\n{CUT_FOR_AGENT.format(max_chars=limit)}"
             prepared.notes.append(CUT.format(max_chars=limit, name=name))
         prepared.documents.append((name, text))
+        return "read"
 
 
 #: Characters of a transcript shown back to the user (the agent gets all of it).

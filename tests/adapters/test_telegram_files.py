@@ -184,13 +184,16 @@ async def test_a_file_declared_over_the_cap_is_refused_without_a_download(
     config = config.model_copy(
         update={"files": config.files.model_copy(update={"max_bytes": 1000})}
     )
-    async with running(config):
+    async with running(config) as (core, _):
         file_id = tg.add_file(b"x" * 5000, path="documents/big.txt")
         reply = await answered(tg, document(ALICE, file_id, "big.txt", size=5000), ALICE.id)
         assert (
             reply["text"] == "Sorry, big.txt is too big for me (4.88 KB; the limit is 1000 bytes)."
         )
         assert tg.calls_of("getFile") == [] and tg.downloads == []
+        labels = {"platform": "telegram", "kind": "document", "outcome": "too_large"}
+        sample = core.metrics.registry.get_sample_value("agent_bridge_attachments_total", labels)
+        assert sample == 1
 
 
 async def test_a_download_stops_at_the_cap_when_the_size_was_not_declared(
@@ -299,6 +302,13 @@ async def test_file_contents_never_reach_the_log(
     reply = await answered(tg, update, ALICE.id)
     assert secret in agents.chat_calls[-1].json["message"]
     assert reply["text"] == "done"
+    core, _ = bridge
+    read = {"platform": "telegram", "kind": "document", "outcome": "read"}
+    assert core.metrics.registry.get_sample_value("agent_bridge_attachments_total", read) == 1
+    downloaded = core.metrics.registry.get_sample_value(
+        "agent_bridge_attachment_bytes_total", {"platform": "telegram"}
+    )
+    assert downloaded == len(documents.pdf(secret))
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert "'read it' + <" in logged  # the backend's DEBUG line of what it sends
     assert "secret.pdf" in logged  # the name, at DEBUG
@@ -383,3 +393,14 @@ async def test_a_photo_reaches_an_openai_agent_as_an_image_part_with_the_caption
     assert reply["text"] == "echo: what is this?"
     # The largest of Telegram's sizes was fetched, once.
     assert [c.params["file_id"] for c in tg.calls_of("getFile")] == [file_id]
+
+
+async def test_a_silent_recording_says_nothing_was_heard(
+    tmp_path: Path, tg: FakeTelegram, agents: FakeAgentServer, stt: FakeTranscription
+) -> None:
+    stt.text = "  "
+    async with running(with_voice(make_config(tmp_path, tg, agents), stt)):
+        file_id = tg.add_file(documents.OGG, path="voice/file_6.oga")
+        reply = await answered(tg, voice_note(ALICE, file_id, size=len(documents.OGG)), ALICE.id)
+    assert reply["text"] == "I couldn't hear any words in that recording."
+    assert agents.chat_calls == []
