@@ -10,7 +10,8 @@ from pathlib import Path
 from tests.daemon.conftest import BridgeProcess, subprocess_env
 from tests.fakes import documents
 from tests.fakes.agents import FakeAgentServer, FakeResponse, thinnest_config_toml
-from tests.fakes.telegram import ALICE, FakeTelegram, document, voice_note
+from tests.fakes.openai_api import FakeOpenAI, openai_config_toml
+from tests.fakes.telegram import ALICE, BOB, FakeTelegram, document, photo, voice_note
 from tests.fakes.transcription import FakeTranscription
 
 
@@ -144,3 +145,52 @@ async def test_killed_during_a_download_then_restarted_answers_once(tmp_path: Pa
         ]
         assert reply.params["text"].startswith('echo: File "q3.pdf"')
         assert len(tg.sent(ALICE.id)) == 1
+
+
+async def test_a_photo_reaches_an_openai_agent_as_an_image_and_thinnest_as_its_caption(
+    tmp_path: Path,
+) -> None:
+    jpeg = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 8
+    async with FakeTelegram() as tg, FakeAgentServer() as agents, FakeOpenAI() as openai:
+        path = tmp_path / "agent-bridge.toml"
+        path.write_text(
+            "[storage]\n"
+            f'url = "sqlite+aiosqlite:///{tmp_path}/bridge.db"\n\n'
+            f"{thinnest_config_toml(agents.url)}\n"
+            f"{openai_config_toml(openai.url, 'vision', api_key='sk-none')}\n"
+            "[telegram]\n"
+            f'bot_token = "{tg.token}"\n'
+            f'api_url = "{tg.api_url}"\n'
+            f"allowed_users = [{ALICE.id}, {BOB.id}]\n"
+            f'chat_agents = {{ "{ALICE.id}" = "vision" }}\n',
+            encoding="utf-8",
+        )
+        bridge = BridgeProcess(path, subprocess_env())
+        try:
+            await started(bridge, tg)
+            tg.push(
+                photo(
+                    ALICE,
+                    tg.add_file(jpeg, path="photos/a.jpg"),
+                    size=len(jpeg),
+                    caption="what is in it?",
+                )
+            )
+            [to_alice] = await tg.wait_sent(ALICE.id, within=20)
+            tg.push(
+                photo(
+                    BOB, tg.add_file(jpeg, path="photos/b.jpg"), size=len(jpeg), caption="and here?"
+                )
+            )
+            [to_bob] = await tg.wait_sent(BOB.id, within=20)
+            bridge.signal(signal.SIGTERM)
+            assert await bridge.wait() == 0, bridge.stderr
+        finally:
+            await bridge.kill()
+    assert openai.images == [("image/jpeg", jpeg)]
+    assert to_alice.params["text"] == "echo: what is in it?"
+    assert [c.json["message"] for c in agents.chat_calls] == ["and here?"]
+    assert to_bob.params["text"] == (
+        "(This agent reads text only: it got your caption, not the image.)\n\necho: and here?"
+    )
+    assert [d.path for d in tg.downloads] == ["photos/a.jpg"]  # Bob's was never fetched
