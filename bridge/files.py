@@ -134,10 +134,11 @@ class Prepared:
         name, then the question (after any context, `bridge.model.agent_input`)."""
         question = self.question(text)
         blocks = [f'File "{name}":\n<<<\n{body}\n>>>' for name, body in self.documents]
-        asked = agent_input(question, context) if question else ""
+        # A file sent in reply to someone keeps that message as context, caption or not.
+        asked = agent_input(question, context).rstrip() if question or context else ""
         full = "\n\n".join([*blocks, asked] if asked else blocks)
         # The user's own words are loggable; documents and transcripts are not.
-        shown = agent_input(text.strip(), context) if text.strip() else ""
+        shown = agent_input(text.strip(), context).rstrip() if text.strip() or context else ""
         return AgentText(full, shown, tuple(self.images))
 
 
@@ -273,7 +274,7 @@ class FileReader:
             if TEXT_ONLY_AGENT not in prepared.notes:
                 prepared.notes.append(TEXT_ONLY_AGENT)
             return "text_only"
-        user = message.sender
+        user = f"{message.key.platform}:{message.sender}"
         if not self.limits.take_file(user):
             raise AttachmentError(
                 "per_minute",

@@ -218,3 +218,13 @@ def test_html_to_text_never_fails_and_drops_script_bodies(text: str) -> None:
 @given(st.text(alphabet=st.characters(blacklist_characters="<>&"), max_size=200))
 def test_html_to_text_keeps_plain_words(text: str) -> None:
     assert html_to_text(f"<div>{text}</div>").split() == text.split()
+
+
+def test_a_file_sent_in_reply_keeps_the_message_replied_to_as_context() -> None:
+    prepared = Prepared(documents=[("a.txt", "BODY")])
+    text = prepared.agent_text("", "Bob: can you check the budget?")
+    assert text == (
+        'File "a.txt":\n<<<\nBODY\n>>>\n\n'
+        "Earlier messages, for context:\n<<<\nBob: can you check the budget?\n>>>"
+    )
+    assert "BODY" not in repr(text) and "Bob: can you check" in repr(text)
