@@ -36,8 +36,8 @@ NOT_ALLOWED = (
     "Sorry, I could not download {name}: the bridge's Slack app may not read files "
     "(an administrator needs to add the files:read scope and reinstall the app)."
 )
-#: A stub's name until files.info tells: it has none.
-STUB_NAME = "file"
+#: A stub's name until files.info tells (it has none); said to the user if that fails.
+STUB_NAME = "the shared file"
 
 
 def attachments(event: Mapping[str, Any]) -> list[Attachment]:
@@ -121,7 +121,7 @@ async def download(
 ) -> AsyncGenerator[bytes, None]:
     """The bytes of ``attachment``, chunk by chunk; `AttachmentError` otherwise."""
     file = await file_info(client, attachment)
-    name = attachment.name if not is_stub(attachment) else str(file.get("name") or "file")
+    name = attachment.name if not is_stub(attachment) else str(file.get("name") or STUB_NAME)
     url = file.get("url_private_download") or file.get("url_private")
     if not isinstance(url, str) or not on_slack(url, api_url):
         raise AttachmentError(

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import httpx
 from telegram import Bot, Message
-from telegram.error import TelegramError
+from telegram.error import InvalidToken, TelegramError
 
 from bridge.attachments import Attachment, AttachmentKind
 from bridge.errors import AttachmentError
@@ -81,9 +81,11 @@ async def download(
         file = await bot.get_file(attachment.file_id)
     except TelegramError as exc:
         too_big = "too big" in exc.message.lower()
+        # PTB's InvalidToken quotes the token: never let it into a log line.
+        reason = "Unauthorized" if isinstance(exc, InvalidToken) else exc.message
         raise AttachmentError(
             "too_large" if too_big else "unavailable",
-            f"getFile failed: {exc.message}",
+            f"getFile failed: {reason}",
             user_message=(TOO_BIG_FOR_BOTS if too_big else DOWNLOAD_FAILED).format(name=name),
         ) from None
     where = file.file_path or ""

@@ -106,7 +106,9 @@ class Dispatcher(Turns):
     ) -> None:
         self.messages = messages
         #: Reads a message's attachments in its turn (`bridge.files`).
-        self._files = files if files is not None else FileReader(FilesConfig())
+        self._files = (
+            files if files is not None else FileReader(FilesConfig(), metrics=self.metrics)
+        )
         self.metrics = metrics if metrics is not None else Metrics()
         self.instance = instance
         self._store = store

@@ -93,6 +93,7 @@ CUT = "_(Only the first {max_chars} characters of {name} reached the agent.)_"
 #: Written into the agent's copy where a document's text was cut.
 CUT_FOR_AGENT = "[The file's text is cut here: it is longer than {max_chars} characters.]"
 UNSUPPORTED_KIND = "Sorry, I can't read {name}."
+FAILED = "Sorry, something went wrong on my side while reading {name}."
 
 
 def human_size(size: int) -> str:
@@ -253,6 +254,16 @@ class FileReader:
                 log.debug("message %d: %s: %s", message.id, attachment.name, exc)
                 prepared.notes.append(exc.user_message)
                 outcome = exc.kind
+            except Exception as exc:
+                # A bug, a full disk, an adapter not started: the rest is still answered.
+                # The type only: an exception's text might quote what it was reading.
+                log.error(
+                    "message %d: reading an attachment failed (%s)",
+                    message.id,
+                    type(exc).__name__,
+                )
+                prepared.notes.append(FAILED.format(name=attachment.name))
+                outcome = "internal"
             self.metrics.attachments.labels(platform, attachment.kind.value, outcome).inc()
         return prepared
 

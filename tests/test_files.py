@@ -16,10 +16,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bridge.attachments import AgentText, Attachment, AttachmentKind, attachments_of
+from bridge.chat import ChatAdapter
 from bridge.config import FilesConfig
 from bridge.documents import Unreadable, html_to_text, kind_of, markdown_table, to_text
 from bridge.errors import AttachmentError
-from bridge.files import FileLimits, Prepared, downloaded, human_size
+from bridge.files import FileLimits, FileReader, Prepared, downloaded, human_size
+from bridge.metrics import Metrics
+from bridge.model import ConversationKey, InboxMessage, MessageStatus, Reply
 from tests.fakes import documents
 
 
@@ -228,3 +231,58 @@ def test_a_file_sent_in_reply_keeps_the_message_replied_to_as_context() -> None:
         "Earlier messages, for context:\n<<<\nBob: can you check the budget?\n>>>"
     )
     assert "BODY" not in repr(text) and "Bob: can you check" in repr(text)
+
+
+class _Adapter(ChatAdapter):
+    """Serves ``files`` by file id; raises ``broken`` for any other."""
+
+    platform = "test"
+
+    def __init__(self, files: dict[str, bytes], broken: Exception | None = None) -> None:
+        super().__init__(dispatcher=None)  # type: ignore[arg-type]
+        self.files = files
+        self.broken = broken
+
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+    async def send_reply(self, message: InboxMessage, reply: Reply) -> None: ...
+
+    async def attachment_chunks(
+        self, message: InboxMessage, attachment: Attachment
+    ) -> AsyncGenerator[bytes, None]:
+        if attachment.file_id not in self.files:
+            assert self.broken is not None
+            raise self.broken
+        yield self.files[attachment.file_id]
+
+
+def inbox(*attachments: Attachment, text: str = "") -> InboxMessage:
+    return InboxMessage(
+        id=1,
+        conversation_id=1,
+        key=ConversationKey("test", "s", "c"),
+        event_id="e",
+        sender="u1",
+        text=text,
+        agent="default",
+        status=MessageStatus.RUNNING,
+        meta={"attachments": [a.to_meta() for a in attachments]},
+    )
+
+
+async def test_a_failure_reading_one_attachment_leaves_the_others_and_the_text() -> None:
+    good = Attachment(AttachmentKind.DOCUMENT, "ok.txt", "text/plain", 5, "F1")
+    bad = Attachment(AttachmentKind.DOCUMENT, "bad.txt", "text/plain", 5, "F2")
+    metrics = Metrics()
+    reader = FileReader(FilesConfig(), metrics=metrics)
+    adapter = _Adapter({"F1": b"hello"}, broken=RuntimeError("SECRET detail"))
+    prepared = await reader.prepare(adapter, inbox(bad, good, text="hi"), takes_images=False)
+    assert prepared is not None
+    assert prepared.documents == [("ok.txt", "hello")]
+    assert prepared.notes == ["Sorry, something went wrong on my side while reading bad.txt."]
+    sample = metrics.registry.get_sample_value(
+        "agent_bridge_attachments_total",
+        {"platform": "test", "kind": "document", "outcome": "internal"},
+    )
+    assert sample == 1
+    assert await reader.prepare(adapter, inbox(), takes_images=False) is None
