@@ -61,6 +61,7 @@ async def open_core(config: Config, *, metrics: Metrics | None = None) -> AsyncI
             config.files,
             Transcriber(voice, http) if voice is not None else None,
             metrics=metrics,
+            uses=store,
         )
         dispatcher = await stack.enter_async_context(
             Dispatcher(

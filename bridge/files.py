@@ -32,13 +32,12 @@ import contextlib
 import logging
 import os
 import tempfile
-import time
-from collections import defaultdict, deque
+from collections import defaultdict
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path, PurePath
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from bridge.attachments import (
     SPOKEN,
@@ -50,7 +49,7 @@ from bridge.attachments import (
 )
 from bridge.config import FilesConfig
 from bridge.documents import Unreadable, to_text
-from bridge.errors import AttachmentError
+from bridge.errors import AttachmentError, StorageError
 from bridge.metrics import Metrics
 from bridge.model import InboxMessage, agent_input
 
@@ -143,49 +142,78 @@ class Prepared:
         return AgentText(full, shown, tuple(self.images))
 
 
+class FileUseLog(Protocol):
+    """Where the files users sent are counted (a port: `storage.Store` implements it,
+    so that every instance on one database counts the same files)."""
+
+    async def file_uses(
+        self, user: str, *, files_since: datetime, bytes_since: datetime
+    ) -> tuple[int, int]:
+        """(files ``user`` sent since ``files_since``, bytes since ``bytes_since``)."""
+        ...
+
+    async def record_file_use(self, user: str, *, files: int, size: int) -> None: ...
+
+
+class MemoryFileUses:
+    """A `FileUseLog` in this process (a bridge without a store: tests, tools)."""
+
+    def __init__(self) -> None:
+        self._uses: defaultdict[str, list[tuple[datetime, int, int]]] = defaultdict(list)
+
+    async def file_uses(
+        self, user: str, *, files_since: datetime, bytes_since: datetime
+    ) -> tuple[int, int]:
+        uses = self._uses[user]
+        # Nothing looks back further than a day (and a minute).
+        keep = min(files_since, bytes_since)
+        uses[:] = [u for u in uses if u[0] >= keep]
+        files = sum(n for at, n, _ in uses if at >= files_since)
+        size = sum(b for at, _, b in uses if at >= bytes_since)
+        return files, size
+
+    async def record_file_use(self, user: str, *, files: int, size: int) -> None:
+        self._uses[user].append((datetime.now(UTC), files, size))
+
+
 class FileLimits:
-    """Per-user limits: files a minute (a sliding window) and bytes a day (UTC).
-    Kept in this process: with several instances each counts what it handles."""
+    """Per-user limits: ``files.max_per_minute`` files in the last minute and
+    ``files.max_bytes_per_day`` bytes since midnight UTC, counted in ``log``.
+    Soft limits: two instances admitting one user's files at once may both pass."""
 
     def __init__(
         self,
         config: FilesConfig,
+        log: FileUseLog | None = None,
         *,
-        clock: Callable[[], float] = time.monotonic,
-        today: Callable[[], str] = lambda: datetime.now(UTC).date().isoformat(),
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._config = config
-        self._clock = clock
-        self._today = today
-        self._recent: defaultdict[str, deque[float]] = defaultdict(deque)
-        self._bytes: dict[str, tuple[str, int]] = {}
+        self._log: FileUseLog = log if log is not None else MemoryFileUses()
+        self._now = now
 
-    def take_file(self, user: str) -> bool:
-        """Count one file for ``user``; False (and not counted) when over the limit."""
-        limit = self._config.max_per_minute
-        if limit == 0:
-            return True
-        now = self._clock()
-        recent = self._recent[user]
-        while recent and recent[0] <= now - 60:
-            recent.popleft()
-        if len(recent) >= limit:
-            return False
-        recent.append(now)
-        return True
+    async def admit(self, user: str, declared: int | None) -> str | None:
+        """Count one file of ``declared`` bytes (None: not known) for ``user`` and
+        return None, or return why it is refused ("per_minute", "per_day")
+        without counting it."""
+        now = self._now()
+        midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        files, size = await self._log.file_uses(
+            user, files_since=now - timedelta(minutes=1), bytes_since=midnight
+        )
+        per_minute, per_day = self._config.max_per_minute, self._config.max_bytes_per_day
+        if per_minute and files >= per_minute:
+            return "per_minute"
+        if per_day and (size >= per_day or size + (declared or 0) > per_day):
+            return "per_day"
+        await self._log.record_file_use(user, files=1, size=declared or 0)
+        return None
 
-    def bytes_left(self, user: str) -> int | None:
-        """Bytes ``user`` may still send today; None without a limit."""
-        limit = self._config.max_bytes_per_day
-        if limit == 0:
-            return None
-        day, used = self._bytes.get(user, ("", 0))
-        return limit - (used if day == self._today() else 0)
-
-    def add_bytes(self, user: str, size: int) -> None:
-        day, used = self._bytes.get(user, ("", 0))
-        today = self._today()
-        self._bytes[user] = (today, (used if day == today else 0) + size)
+    async def downloaded(self, user: str, declared: int | None, size: int) -> None:
+        """Add what the download weighed beyond what was declared."""
+        extra = size - (declared or 0)
+        if extra:
+            await self._log.record_file_use(user, files=0, size=extra)
 
 
 @contextlib.asynccontextmanager
@@ -229,10 +257,12 @@ class FileReader:
         transcriber: Transcriber | None = None,
         *,
         metrics: Metrics | None = None,
+        uses: FileUseLog | None = None,
     ) -> None:
         self.config = config
         self.transcriber = transcriber
-        self.limits = FileLimits(config)
+        #: Counted in ``uses`` (the store: across instances), else in this process.
+        self.limits = FileLimits(config, uses)
         self.metrics = metrics if metrics is not None else Metrics()
 
     async def prepare(
@@ -286,12 +316,6 @@ class FileReader:
                 prepared.notes.append(TEXT_ONLY_AGENT)
             return "text_only"
         user = f"{message.key.platform}:{message.sender}"
-        if not self.limits.take_file(user):
-            raise AttachmentError(
-                "per_minute",
-                "files.max_per_minute reached",
-                user_message=PER_MINUTE.format(limit=self.config.max_per_minute, name=name),
-            )
         cap = self.config.max_bytes
         if attachment.size is not None and attachment.size > cap:
             raise AttachmentError(
@@ -301,8 +325,19 @@ class FileReader:
                     name=name, size=human_size(attachment.size), limit=human_size(cap)
                 ),
             )
-        left = self.limits.bytes_left(user)
-        if left is not None and (left <= 0 or (attachment.size or 0) > left):
+        try:
+            refused = await self.limits.admit(user, attachment.size)
+        except StorageError as exc:
+            # The limits are a safeguard, not the answer: without the store, let it in.
+            log.warning("message %d: cannot count the user's files: %s", message.id, exc)
+            refused = None
+        if refused == "per_minute":
+            raise AttachmentError(
+                "per_minute",
+                "files.max_per_minute reached",
+                user_message=PER_MINUTE.format(limit=self.config.max_per_minute, name=name),
+            )
+        if refused == "per_day":
             raise AttachmentError(
                 "per_day",
                 "files.max_bytes_per_day reached",
@@ -313,7 +348,8 @@ class FileReader:
         chunks = adapter.attachment_chunks(message, attachment)
         suffix = PurePath(name).suffix[:16]
         async with downloaded(chunks, cap, name=name, suffix=suffix) as (path, size):
-            self.limits.add_bytes(user, size)
+            with contextlib.suppress(StorageError):  # as above: a safeguard
+                await self.limits.downloaded(user, attachment.size, size)
             self.metrics.attachment_bytes.labels(message.key.platform).inc(size)
             log.debug("message %d: downloaded %s: %d bytes", message.id, name, size)
             if size == 0:

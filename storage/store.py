@@ -12,6 +12,7 @@ async), assembled from its parts along their seams:
 - `storage.history.History`: the turns of stateless agents' threads (the
   core's `bridge.history.ConversationHistory`);
 - `storage.feedback.Feedback`: users' feedback on the agent's answers.
+- `storage.files.FileUses`: the files users sent, for the per-user file limits.
 
 Every method is one transaction, committed when it returns.
 
@@ -27,6 +28,7 @@ import logging
 
 from storage.database import MIGRATION_LOCK_KEY, MIGRATIONS, SQLITE_BUSY_TIMEOUT
 from storage.feedback import Feedback, FeedbackEntry
+from storage.files import FileUses
 from storage.history import History
 from storage.instances import Instances
 from storage.queue import FINISHED, UNFINISHED, Claim, Queue, QueueStats
@@ -34,7 +36,7 @@ from storage.queue import FINISHED, UNFINISHED, Claim, Queue, QueueStats
 log = logging.getLogger("storage")
 
 
-class Store(Queue, Instances, History, Feedback):
+class Store(Queue, Instances, History, Feedback, FileUses):
     """The inbox, the conversations, the instances, the history and the feedback;
     an async context manager.
 
@@ -54,6 +56,8 @@ class Store(Queue, Instances, History, Feedback):
         deleted = await self.purge_history(older_than_days)
         if deleted:
             log.info("deleted %d history turn(s) older than the retention", deleted)
+        # Files sent: kept only as long as a per-user limit looks back.
+        await self.purge_file_uses()
         return erased
 
 

@@ -9,6 +9,7 @@ import stat
 import sys
 import tempfile
 from collections.abc import AsyncGenerator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,14 @@ from bridge.chat import ChatAdapter
 from bridge.config import FilesConfig
 from bridge.documents import Unreadable, html_to_text, kind_of, markdown_table, to_text
 from bridge.errors import AttachmentError
-from bridge.files import FileLimits, FileReader, Prepared, downloaded, human_size
+from bridge.files import (
+    FileLimits,
+    FileReader,
+    MemoryFileUses,
+    Prepared,
+    downloaded,
+    human_size,
+)
 from bridge.metrics import Metrics
 from bridge.model import ConversationKey, InboxMessage, MessageStatus, Reply
 from tests.fakes import documents
@@ -68,24 +76,36 @@ async def test_a_download_over_the_cap_stops_reading_and_leaves_no_file(
     assert os.listdir(tmp_path) == []
 
 
-def test_limits_count_files_a_minute_and_bytes_a_day_per_user() -> None:
-    now = [0.0]
-    day = ["2026-12-03"]
+async def test_limits_count_files_a_minute_and_bytes_a_day_per_user() -> None:
+    clock = [datetime(2026, 12, 3, 10, 0, 0, tzinfo=UTC)]
+    uses = Clocked(clock)
     limits = FileLimits(
-        FilesConfig(max_per_minute=2, max_bytes_per_day=100),
-        clock=lambda: now[0],
-        today=lambda: day[0],
+        FilesConfig(max_per_minute=2, max_bytes_per_day=100), uses, now=lambda: clock[0]
     )
-    assert limits.take_file("alice") and limits.take_file("alice")
-    assert not limits.take_file("alice")
-    assert limits.take_file("bob")  # per user
-    now[0] = 61.0
-    assert limits.take_file("alice")  # the window slid
-    limits.add_bytes("alice", 90)
-    assert limits.bytes_left("alice") == 10
-    day[0] = "2026-12-04"
-    assert limits.bytes_left("alice") == 100
-    assert FileLimits(FilesConfig(max_per_minute=0, max_bytes_per_day=0)).bytes_left("x") is None
+    assert await limits.admit("alice", 10) is None
+    assert await limits.admit("alice", None) is None
+    assert await limits.admit("alice", 1) == "per_minute"
+    assert await limits.admit("bob", 1) is None  # per user
+    clock[0] += timedelta(seconds=61)
+    assert await limits.admit("alice", 95) == "per_day"  # 10 + 95 > 100, not counted
+    await limits.downloaded("alice", None, 80)  # the undeclared one weighed 80
+    assert await limits.admit("alice", 20) == "per_day"
+    assert await limits.admit("alice", 10) is None
+    clock[0] += timedelta(days=1)  # a new UTC day
+    assert await limits.admit("alice", 100) is None
+    off = FileLimits(FilesConfig(max_per_minute=0, max_bytes_per_day=0))
+    assert [await off.admit("x", 10**12) for _ in range(5)] == [None] * 5
+
+
+class Clocked(MemoryFileUses):
+    """`MemoryFileUses` on the test's clock."""
+
+    def __init__(self, clock: list[datetime]) -> None:
+        super().__init__()
+        self.clock = clock
+
+    async def record_file_use(self, user: str, *, files: int, size: int) -> None:
+        self._uses[user].append((self.clock[0], files, size))
 
 
 def test_attachments_round_trip_through_meta_and_junk_is_skipped() -> None:
