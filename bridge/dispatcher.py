@@ -105,11 +105,11 @@ class Dispatcher(Turns):
         files: FileReader | None = None,
     ) -> None:
         self.messages = messages
+        self.metrics = metrics if metrics is not None else Metrics()
         #: Reads a message's attachments in its turn (`bridge.files`).
         self._files = (
             files if files is not None else FileReader(FilesConfig(), metrics=self.metrics)
         )
-        self.metrics = metrics if metrics is not None else Metrics()
         self.instance = instance
         self._store = store
         self._backends = dict(backends)
