@@ -1,5 +1,5 @@
 """The files users sent: the store's half of the per-user file limits
-(`bridge.files.FileUseLog`), shared by every instance on the same database.
+(`bridge.file_limits.FileUseLog`), shared by every instance on the same database.
 
 Each admitted file is a row (``files`` 1, its declared size), and what its
 download added beyond that another (``files`` 0); the limits are sums over a

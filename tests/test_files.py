@@ -21,14 +21,8 @@ from bridge.chat import ChatAdapter
 from bridge.config import FilesConfig
 from bridge.documents import Unreadable, html_to_text, kind_of, markdown_table, to_text
 from bridge.errors import AttachmentError
-from bridge.files import (
-    FileLimits,
-    FileReader,
-    MemoryFileUses,
-    Prepared,
-    downloaded,
-    human_size,
-)
+from bridge.file_limits import FileLimits, MemoryFileUses
+from bridge.files import FileReader, Prepared, downloaded, human_size
 from bridge.metrics import Metrics
 from bridge.model import ConversationKey, InboxMessage, MessageStatus, Reply
 from tests.fakes import documents

@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from bridge.config import FilesConfig
-from bridge.files import FileLimits
+from bridge.file_limits import FileLimits
 from storage import Store
 from tests.storage.conftest import Database
 
