@@ -31,7 +31,7 @@ import dataclasses
 import logging
 import re
 import traceback
-from collections.abc import AsyncIterator, Coroutine, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -67,11 +67,13 @@ from adapters.slack_events import (
     slack_to_text,
 )
 from adapters.slack_feedback import FEEDBACK_ACTION, feedback_listener
+from adapters.slack_files import describe, download, file_info, is_stub
 from adapters.slack_http import SlackHttpEndpoint
 from adapters.slack_live import SlackStream
 from adapters.slack_replies import MARKDOWN_LIMIT, SlackPoster
 from adapters.slack_socket import SlackSocket
 from adapters.slack_web import auth_test, posting_client, read_back_client, web_client
+from bridge.attachments import Attachment
 from bridge.chat import LIVE_REF
 from bridge.config import SlackConfig
 from bridge.errors import AdapterError, StorageError
@@ -506,6 +508,32 @@ class SlackAdapter(ChatAdapter):
             return
         async with self._assistant.working(message):
             yield
+
+    # --- files (`adapters.slack_files`) -----------------------------------------------
+
+    async def describe_attachment(
+        self, message: InboxMessage, attachment: Attachment
+    ) -> Attachment:
+        """A Slack Connect stub described by ``files.info``; any other file as it is."""
+        if not is_stub(attachment) or self._client is None:
+            return attachment
+        return describe(await file_info(self._client, attachment)) or attachment
+
+    async def attachment_chunks(
+        self, message: InboxMessage, attachment: Attachment
+    ) -> AsyncGenerator[bytes, None]:
+        if self._client is None or self._session is None:
+            raise AdapterError(PLATFORM, "the adapter is not started")
+        chunks = download(
+            self._client,
+            self._session,
+            token=self.config.bot_token.get_secret_value(),
+            api_url=self.config.api_url,
+            attachment=attachment,
+        )
+        async with contextlib.aclosing(chunks):
+            async for chunk in chunks:
+                yield chunk
 
     def _require_posts(self) -> SlackPoster:
         if self._posts is None:

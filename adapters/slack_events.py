@@ -26,6 +26,8 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from adapters.slack_files import attachments
+from bridge.attachments import ATTACHMENTS
 from bridge.config import SlackConfig
 from bridge.model import ConversationKey, IncomingMessage
 
@@ -44,7 +46,7 @@ TEXT_REFUSED_CODE = (
 #: `refusal`'s reason when only ``slack.allowed_users`` refuses: the store's
 #: allowlist (`bridge.access`) may let the user in.
 USER_NOT_ALLOWED = "user not in slack.allowed_users"
-TEXT_FILES = "I can't read files yet. Please write your question as text."
+TEXT_FILES = "I couldn't read the files of that message. Please write your question as text."
 TEXT_EMPTY = "Hi! Ask me something after the mention, e.g. <@{bot}> what can you do?"
 TEXT_RESET = "OK, I started a new conversation: the agent won't remember what was said before."
 TEXT_STORAGE = "Sorry, something went wrong on my side. Please try again in a minute."
@@ -255,10 +257,15 @@ def read_event(
     agent = config.channel_agents.get(channel, config.agent)
     if text.lower() in RESET_WORDS:
         return Reset(key, message_id, followup, agent, user)
-    if not text:
+    # Files go to the agent with the text, if any (`bridge.files` reads them in the turn).
+    files = attachments(event)
+    if not text and not files:
         has_files = subtype == "file_share" or bool(event.get("files"))
         note = TEXT_FILES if has_files else TEXT_EMPTY.format(bot=identity.bot_user_id)
         return Note(key, message_id, followup, note)
+    meta: dict[str, object] = {"channel": channel, "ts": ts, "thread_ts": thread_ts, "dm": is_dm}
+    if files:
+        meta[ATTACHMENTS] = [f.to_meta() for f in files]
     message = IncomingMessage(
         key=key,
         event_id=message_id,
@@ -266,7 +273,7 @@ def read_event(
         text=text,
         agent=agent,
         reply_to=ts,
-        meta={"channel": channel, "ts": ts, "thread_ts": thread_ts, "dm": is_dm},
+        meta=meta,
     )
     return Accept(key, message_id, followup, message)
 

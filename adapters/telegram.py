@@ -30,10 +30,11 @@ import asyncio
 import contextlib
 import hmac
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+import httpx
 from aiohttp import web
 from telegram import Bot, Message, ReplyParameters, Update
 from telegram.constants import ChatAction
@@ -58,6 +59,7 @@ from adapters.telegram_events import (
     UsageQuery,
     status_text,
 )
+from adapters.telegram_files import download
 from adapters.telegram_live import TelegramDraft, is_private
 from adapters.telegram_polling import (
     POLL_TIMEOUT,
@@ -69,6 +71,7 @@ from adapters.telegram_polling import (
     update_id_of,
 )
 from adapters.telegram_render import Chunk, render
+from bridge.attachments import Attachment
 from bridge.config import TelegramConfig
 from bridge.errors import AdapterError, CredentialsRejected, ReplyUndeliverable, StorageError
 from bridge.logs import ThrottledLog
@@ -94,6 +97,8 @@ CONNECTIONS = 8
 #: fail replies in a burst instead of queueing them).
 POOL_TIMEOUT = 30.0
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
+#: Seconds a file download may pause between chunks.
+FILE_TIMEOUT = 60.0
 
 _ENTITY_ERRORS = ("can't parse entities", "can't find end", "entity", "parse")
 _GONE_ERRORS = ("chat not found", "message thread not found", "topic_closed", "topic_deleted")
@@ -145,6 +150,9 @@ class TelegramAdapter(ChatAdapter):
         self.poller: Poller | None = None
         self._web: web.AppRunner | None = None
         self._requests: tuple[HTTPXRequest, ...] = ()
+        #: File downloads (`adapters.telegram_files`): streamed, which PTB's requests
+        #: cannot do. Redirects are not followed: the URL holds the token.
+        self._files: httpx.AsyncClient | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._rejected = ThrottledLog(log, "Telegram webhook request refused")
         #: message id -> chunks already posted, so that a retried reply does not
@@ -162,6 +170,10 @@ class TelegramAdapter(ChatAdapter):
     async def start(self) -> None:
         self.state = AdapterState.CONNECTING
         self._app = self._build_application()
+        if self._files is None:
+            self._files = httpx.AsyncClient(
+                timeout=httpx.Timeout(FILE_TIMEOUT, connect=10.0), follow_redirects=False
+            )
         bot = self._app.bot
         try:
             await self._app.initialize()  # getMe: checks the token
@@ -250,6 +262,9 @@ class TelegramAdapter(ChatAdapter):
         for request in self._requests:
             await request.shutdown()
         self._requests = ()
+        if self._files is not None:
+            await self._files.aclose()
+            self._files = None
         self.state = AdapterState.STOPPED
 
     async def check(self) -> str:
@@ -258,6 +273,7 @@ class TelegramAdapter(ChatAdapter):
         bot = Bot(
             self._token,
             base_url=self.config.api_url,
+            base_file_url=self.config.effective_file_url,
             request=requests[0],
             get_updates_request=requests[1],
         )
@@ -283,6 +299,9 @@ class TelegramAdapter(ChatAdapter):
             ApplicationBuilder()
             .token(self._token)
             .base_url(api_url)
+            # PTB's default is Telegram's host whatever base_url says: never send the
+            # token there when the Bot API is elsewhere.
+            .base_file_url(self.config.effective_file_url)
             .request(self._requests[0])
             .get_updates_request(self._requests[1])
             .rate_limiter(
@@ -294,8 +313,6 @@ class TelegramAdapter(ChatAdapter):
             )
             .updater(None)
         )
-        if api_url.endswith("/bot"):
-            builder = builder.base_file_url(api_url[: -len("bot")] + "file/bot")
         return builder.build()
 
     @property
@@ -506,6 +523,16 @@ class TelegramAdapter(ChatAdapter):
         ):
             return ReplyUndeliverable(PLATFORM, reason)
         return AdapterError(PLATFORM, f"sendMessage failed: {reason}")
+
+    async def attachment_chunks(
+        self, message: InboxMessage, attachment: Attachment
+    ) -> AsyncGenerator[bytes, None]:
+        """``getFile`` and the download from the configured Bot API (`download`)."""
+        if self._files is None:
+            raise AdapterError(PLATFORM, "the adapter is not started")
+        async with contextlib.aclosing(download(self._bot, self._files, attachment)) as chunks:
+            async for chunk in chunks:
+                yield chunk
 
     def live(self, message: InboxMessage) -> LiveAnswer | None:
         """A draft in a private chat (`adapters.telegram_live`); groups: None."""

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from telegram import BotCommand, Message, MessageEntity, Update
 from telegram.constants import ChatType, MessageEntityType
 
+from adapters.telegram_files import attachments
+from bridge.attachments import ATTACHMENTS
 from bridge.config import TelegramConfig
 from bridge.model import Conversation, ConversationKey, IncomingMessage, clean_text
 
@@ -64,8 +66,8 @@ HELLO_GROUP = (
     "/usage what you have used today and what is left."
 )
 TEXT_ONLY = (
-    "Sorry, I can only read text. Please write your question (a photo or file with a caption "
-    "works too: I read the caption)."
+    "Sorry, I can only read text, files, photos and voice messages. Please write your "
+    "question (a sticker or video with a caption works too: I read the caption)."
 )
 REFUSED = (
     "Sorry, this bot is private. If you should be able to use it, ask its administrator to "
@@ -260,15 +262,21 @@ class TelegramEvents:
             return Status(message, key, agent)
         elif command == "usage":
             return UsageQuery(message, str(user.id), str(chat.id), agent)
+        # A file, photo or voice note goes to the agent with its caption, if any
+        # (`bridge.files` fetches and reads it in the message's turn).
+        files = attachments(message)
         if text is None:
-            if message.effective_attachment is not None:
+            if files:
+                text = ""
+            elif message.effective_attachment is not None:
                 return Refuse(message, TEXT_ONLY)
-            # a service message (someone joined, a pinned message...): nothing to do
-            return None
+            else:
+                # a service message (someone joined, a pinned message...): nothing to do
+                return None
         if mentioned and command is None:
             text = self.strip_mentions(message)
         text = text.strip()
-        if not text:
+        if not text and not files:
             return Answer(message, ASK_USAGE if command == "ask" else EMPTY_MENTION)
         thread = message.message_thread_id if message.is_topic_message else None
         meta: dict[str, object] = {
@@ -281,6 +289,8 @@ class TelegramEvents:
         context = self.reply_context(message)
         if context is not None:
             meta["context"] = context
+        if files:
+            meta[ATTACHMENTS] = [f.to_meta() for f in files]
         return Submit(
             IncomingMessage(
                 key=key,

@@ -20,8 +20,10 @@ from bridge.backends.base import AgentBackend
 from bridge.budgets import Budgets, clock_from_env
 from bridge.config import Config
 from bridge.dispatcher import Dispatcher
+from bridge.files import FileReader
 from bridge.instance import Instance
 from bridge.metrics import Metrics
+from bridge.transcription import Transcriber
 from storage.store import Store
 
 
@@ -56,6 +58,13 @@ async def open_core(config: Config, *, metrics: Metrics | None = None) -> AsyncI
         )
         for backend in backends.values():
             stack.push_async_callback(backend.aclose)
+        voice = config.transcription
+        files = FileReader(
+            config.files,
+            Transcriber(voice, http) if voice is not None else None,
+            metrics=metrics,
+            uses=store,
+        )
         dispatcher = await stack.enter_async_context(
             Dispatcher(
                 store,
@@ -68,6 +77,7 @@ async def open_core(config: Config, *, metrics: Metrics | None = None) -> AsyncI
                 poll_interval=config.storage.poll_interval,
                 # The clock is replaced by tests only (bridge.budgets.TEST_CLOCK_ENV).
                 budgets=Budgets(config.budgets, clock=clock_from_env(os.environ)),
+                files=files,
             )
         )
         yield Core(config, store, http, backends, dispatcher, metrics, instance)

@@ -30,11 +30,12 @@ from __future__ import annotations
 import contextlib
 import enum
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from types import TracebackType
 from typing import TYPE_CHECKING, ClassVar, Self
 
-from bridge.errors import AdapterError
+from bridge.attachments import Attachment
+from bridge.errors import AdapterError, AttachmentError
 from bridge.model import InboxMessage, Reply
 
 if TYPE_CHECKING:
@@ -99,6 +100,28 @@ class ChatAdapter(ABC):
         platform, outside any conversation (an admin alert, `bridge.alerts`).
         Raise `AdapterError` if it could not be posted. Default: it cannot."""
         raise AdapterError(self.platform, "cannot post a notice outside a conversation")
+
+    async def describe_attachment(
+        self, message: InboxMessage, attachment: Attachment
+    ) -> Attachment:
+        """``attachment`` with what only a platform call tells (a Slack Connect stub's
+        name, type and size), asked in the message's turn before its limits apply.
+        Raise `AttachmentError` when the platform refuses. Default: as it is."""
+        return attachment
+
+    def attachment_chunks(
+        self, message: InboxMessage, attachment: Attachment
+    ) -> AsyncGenerator[bytes, None]:
+        """The bytes of one of ``message``'s attachments (`bridge.attachments`), as
+        they come from the platform: the core writes them to a private temp file and
+        stops reading at ``files.max_bytes`` (closing the iterator, which must then
+        drop the download). Raise `AttachmentError` when the platform refuses it.
+        Default: the platform has no files."""
+        raise AttachmentError(
+            "unavailable",
+            f"{self.platform} cannot fetch attachments",
+            user_message=f"Sorry, I could not download {attachment.name}.",
+        )
 
     async def check(self) -> str:
         """Check the credentials live (e.g. ``auth.test``); return a one-line

@@ -39,10 +39,13 @@ from typing import Any
 
 import httpx
 
-from bridge.config import Config, SlackConfig, TelegramConfig
+from bridge.config import TELEGRAM_API_URL, Config, SlackConfig, TelegramConfig
 from bridge.errors import BridgeError, ConfigError
 from bridge.logs import redact
 from bridge.model import Usage
+
+#: Bytes the Bot API's getFile serves at most (a local Bot API server: any).
+TELEGRAM_FILE_LIMIT = 20 * 1024 * 1024
 
 #: Seconds for one platform call.
 CHECK_TIMEOUT = 15.0
@@ -79,6 +82,8 @@ def config_warnings(config: Config) -> list[str]:
       teams need ``allowed_teams``), so it is no warning there.
     - ``"@username"`` entries: a username can be changed, or given up and taken by
       someone else; the numeric id stays with the person.
+    - ``files.max_bytes`` above 20 MB with Telegram's own Bot API: its ``getFile``
+      refuses larger files whatever the bridge allows.
 
     A webhook without a secret is not a warning but an error (see
     `bridge.config`): ``telegram.webhook_secret`` and ``slack.signing_secret``
@@ -99,6 +104,12 @@ def config_warnings(config: Config) -> list[str]:
                 f"telegram.allowed_users: {listed} "
                 f"{'is a username' if len(names) == 1 else 'are usernames'}, which can change "
                 "hands; prefer numeric user ids (the bot's refusal tells each person theirs)"
+            )
+        if config.files.max_bytes > TELEGRAM_FILE_LIMIT and tg.api_url == TELEGRAM_API_URL:
+            warnings.append(
+                f"files.max_bytes: {config.files.max_bytes} is above the 20 MB Telegram's "
+                "Bot API lets bots download (getFile); larger files are refused anyway "
+                "unless telegram.api_url is a local Bot API server"
             )
     return warnings
 

@@ -107,6 +107,7 @@ def print_config(config: Config, path: Path | None) -> None:
 def describe_config(config: Config) -> list[str]:
     """One line per section (an http agent's request below it), never a secret."""
     from bridge.backends.generic import request_summary
+    from bridge.files import human_size
 
     lines = [
         f"storage: {config.storage.display_url} (text kept {config.storage.retention_days:g} days)"
@@ -144,6 +145,8 @@ def describe_config(config: Config) -> list[str]:
         lines.append(
             f"telegram: {tg.mode}, agent {tg.agent!r}, {users}, group trigger {tg.group_trigger}"
         )
+        # Where the token goes with every download (`bridge.config.telegram_file_url`).
+        lines.append(f"  files from {tg.effective_file_url}<token>/<path>")
     else:
         lines.append("telegram: not configured")
     if config.slack is not None:
@@ -170,6 +173,11 @@ def describe_config(config: Config) -> list[str]:
             f"{al.repeat_after:g}s, degraded after {al.degraded_after:g}s"
         )
     lines.append(describe_budgets(config.budgets))
+    files, voice = config.files, config.transcription
+    lines.append(
+        f"files: up to {human_size(files.max_bytes)} each, documents cut at {files.max_chars} "
+        f"characters; voice {'via ' + voice.base_url + ', ' + voice.model if voice else 'off'}"
+    )
     daemon = config.daemon
     lines.append(
         f"daemon: health {'on ' + daemon.http_listen if daemon.http_listen else 'off'}, "

@@ -46,10 +46,11 @@ from typing import TYPE_CHECKING, Self
 
 from bridge.access import Access
 from bridge.budgets import Budgets
-from bridge.config import BudgetsConfig, DispatcherConfig, MessagesConfig
+from bridge.config import BudgetsConfig, DispatcherConfig, FilesConfig, MessagesConfig
 from bridge.errors import (
     StorageError,
 )
+from bridge.files import FileReader
 from bridge.instance import Instance
 from bridge.metrics import Metrics
 from bridge.model import (
@@ -104,10 +105,15 @@ class Dispatcher(Turns):
         delivery_backoff: Sequence[float] = DELIVERY_BACKOFF,
         store_retry: Sequence[float] = STORE_RETRY,
         budgets: Budgets | None = None,
+        files: FileReader | None = None,
     ) -> None:
         self.messages = messages
         self.budgets = budgets if budgets is not None else Budgets(BudgetsConfig())
         self.metrics = metrics if metrics is not None else Metrics()
+        #: Reads a message's attachments in its turn (`bridge.files`).
+        self._files = (
+            files if files is not None else FileReader(FilesConfig(), metrics=self.metrics)
+        )
         self.instance = instance
         self._store = store
         self._backends = dict(backends)

@@ -14,6 +14,7 @@ enter, with ``raise ... from exc``, so none travels through the core.
     │   └── ReplyUndeliverable a reply can never be posted (bot blocked, chat gone)
     ├── AccessError            an access change that cannot be made (`bridge.access`)
     │   └── CodeRefused        a pairing code unknown, used, expired or of another platform
+    ├── AttachmentError        a file could not be fetched or read; carries `user_message`
     └── AgentError             the agent could not answer; carries `user_message`
         ├── AgentInsufficientBalance   402
         ├── AgentRateLimited           429, carries `retry_after`
@@ -90,6 +91,22 @@ class ReplyUndeliverable(AdapterError):
     """The platform refused the reply for good (bot blocked, chat or topic
     gone): the dispatcher stops trying and marks the message failed. Any other
     `AdapterError` from ``send_reply`` is retried with backoff."""
+
+
+class AttachmentError(BridgeError):
+    """A file, voice note or image of a message could not be fetched, read or
+    transcribed (too big, unreadable, the platform refused the download...).
+
+    ``kind`` is a short stable name (logs, tests); ``user_message`` says why, for the
+    chat. ``str(exc)`` is for the log: names and sizes, never the content. The rest
+    of the message is still answered.
+    """
+
+    def __init__(self, kind: str, detail: str, *, user_message: str) -> None:
+        self.kind = kind
+        self.detail = detail
+        self.user_message = user_message
+        super().__init__(detail)
 
 
 class AgentError(BridgeError):

@@ -131,6 +131,20 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        # Files, voice notes and images (bridge.files).
+        self.attachments = Counter(
+            "agent_bridge_attachments",
+            "Attachments of messages, by kind and what became of them ("
+            '"read", or why not: "too_large", "encrypted", "no_transcription"...).',
+            ["platform", "kind", "outcome"],
+            registry=r,
+        )
+        self.attachment_bytes = Counter(
+            "agent_bridge_attachment_bytes",
+            "Bytes of attachments downloaded.",
+            ["platform"],
+            registry=r,
+        )
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""

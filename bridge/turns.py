@@ -41,6 +41,7 @@ from bridge.errors import (
     ReplyUndeliverable,
     StorageError,
 )
+from bridge.files import FileReader, Prepared
 from bridge.instance import Instance
 from bridge.metrics import Metrics
 from bridge.model import (
@@ -107,6 +108,7 @@ class Turns(TurnBudgets):
     _no_timers: asyncio.Event
     #: Told how each turn ended, for the admin alerts (set by the daemon with [alerts]).
     alerts: Alerter | None = None
+    _files: FileReader
 
     def note_refused(self, platform: str) -> None:
         self.metrics.refused.labels(platform).inc()
@@ -198,7 +200,7 @@ class Turns(TurnBudgets):
         self._in_flight += 1
         self.metrics.in_flight.set(self._in_flight)
         call = asyncio.create_task(
-            self._ask_agent(message, conversation, live), name=f"message-{message.id}"
+            self._ask_agent(message, conversation, live, adapter), name=f"message-{message.id}"
         )
         self._calls[message.id] = call
         try:
@@ -221,7 +223,11 @@ class Turns(TurnBudgets):
             self.metrics.in_flight.set(self._in_flight)
 
     async def _ask_agent(
-        self, message: InboxMessage, conversation: Conversation, live: LiveAnswer | None = None
+        self,
+        message: InboxMessage,
+        conversation: Conversation,
+        live: LiveAnswer | None = None,
+        adapter: ChatAdapter | None = None,
     ) -> tuple[Reply, tuple[int, str | None, Usage] | None]:
         name = self._agent_of(message, conversation)
         backend = self._backends.get(name)
@@ -233,23 +239,37 @@ class Turns(TurnBudgets):
                 conversation.key,
             )
             return Reply(self.messages.render("internal_error"), error_kind="no_agent"), None
+        # Files are fetched and read here, inside the claimed turn: a crash repeats
+        # this, never the user's message (`bridge.files`).
+        prepared = None
+        if adapter is not None:
+            prepared = await self._files.prepare(
+                adapter, message, takes_images=backend.takes_images
+            )
+        before = prepared.before_answer() if prepared is not None else ""
+        if prepared is not None and not prepared.has_input(message.text):
+            text = before or self.messages.render("internal_error")
+            return Reply(text, error_kind="attachment"), None
         session = conversation.session_id or backend.new_session_id()
         note = ""
         shown = _Shown()
         try:
             try:
-                result = await self._call(backend, message, session, live, shown)
+                result = await self._call(backend, message, session, live, shown, prepared)
             except AgentSessionExpired as exc:
                 log.info("message %d: %s; starting a fresh session", message.id, exc)
                 session = backend.new_session_id()
                 note = self.messages.render("session_restarted")
-                result = await self._call(backend, message, session, live, shown)
+                result = await self._call(backend, message, session, live, shown, prepared)
         except AgentError as exc:
             log.warning("message %d in %s: %s", message.id, message.key, exc)
+            said = exc.user_message
             if shown.text:
                 # The user saw the start of an answer: keep it, say why it stops.
-                return Reply(f"{shown.text}\n\n{exc.user_message}", error_kind=exc.kind), None
-            return Reply(exc.user_message, error_kind=exc.kind), None
+                said = f"{shown.text}\n\n{said}"
+            if before:
+                said = f"{before}\n\n{said}"
+            return Reply(said, error_kind=exc.kind), None
         except Exception:
             log.exception("message %d: agent %r failed unexpectedly", message.id, name)
             return Reply(self.messages.render("internal_error"), error_kind="internal"), None
@@ -263,6 +283,8 @@ class Turns(TurnBudgets):
             text = f"{text[:limit].rstrip()}\n\n{cut}"
         if note:
             text = f"{note}\n\n{text}"
+        if before:
+            text = f"{before}\n\n{text}"
         turn = (conversation.epoch, result.session_id or session, result.usage)
         return Reply(text), turn
 
@@ -273,12 +295,19 @@ class Turns(TurnBudgets):
         session: str | None,
         live: LiveAnswer | None = None,
         shown: _Shown | None = None,
+        prepared: Prepared | None = None,
     ) -> AgentReply:
         started = time.monotonic()
         try:
             # Earlier messages an adapter gave (``meta["context"]``) go before the text;
-            # max_input_chars has applied to what the user typed only.
-            text = agent_input(message.text, message.meta.get("context"))
+            # max_input_chars has applied to what the user typed only. Documents and
+            # transcripts (`bridge.files`) have their own cap, files.max_chars.
+            context = message.meta.get("context")
+            text = (
+                agent_input(message.text, context)
+                if prepared is None
+                else prepared.agent_text(message.text, context)
+            )
             who = TurnContext(
                 user_id=message.sender, user_name=str(message.meta.get("username") or "")
             )

@@ -310,3 +310,19 @@ usage_counters = Table(
     Column("input_tokens", BigInteger, nullable=False, server_default="0"),
     Column("output_tokens", BigInteger, nullable=False, server_default="0"),
 )
+
+#: Files users sent, for the per-user limits across instances (``storage/files.py``):
+#: a row per file admitted (``files`` 1, its declared size) and a row for what its
+#: download turned out to add (``files`` 0). Files in the last minute and bytes today
+#: are sums over a user's rows; rows older than two days are deleted by the purge.
+file_uses = Table(
+    "file_uses",
+    metadata,
+    Column("id", Id, primary_key=True),
+    #: "platform:user id".
+    Column("user_key", String, nullable=False),
+    Column("files", Integer, nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Index(None, "user_key", "created_at"),
+)

@@ -14,7 +14,8 @@ async), assembled from its parts along their seams:
 - `storage.feedback.Feedback`: users' feedback on the agent's answers;
 - `storage.alerts.Alerts`: the admin alerts' problems, and who sends them;
 - `storage.access.AccessLists`: the allowlist kept in the store and its pairing codes;
-- `storage.usage.UsageStore`: usage accounting and the budgets' counters.
+- `storage.usage.UsageStore`: usage accounting and the budgets' counters;
+- `storage.files.FileUses`: the files users sent, for the per-user file limits.
 
 Every method is one transaction, committed when it returns.
 
@@ -32,6 +33,7 @@ from storage.access import AccessLists
 from storage.alerts import Alerts
 from storage.database import MIGRATION_LOCK_KEY, MIGRATIONS, SQLITE_BUSY_TIMEOUT
 from storage.feedback import Feedback, FeedbackEntry
+from storage.files import FileUses
 from storage.history import History
 from storage.instances import Instances
 from storage.queue import FINISHED, UNFINISHED, Claim, Queue, QueueStats
@@ -40,7 +42,7 @@ from storage.usage import UsageRow, UsageStore
 log = logging.getLogger("storage")
 
 
-class Store(Queue, Instances, History, Feedback, Alerts, AccessLists, UsageStore):
+class Store(Queue, Instances, History, Feedback, Alerts, AccessLists, UsageStore, FileUses):
     """The inbox, the conversations, the instances, the history and the feedback;
     an async context manager.
 
@@ -60,6 +62,8 @@ class Store(Queue, Instances, History, Feedback, Alerts, AccessLists, UsageStore
         deleted = await self.purge_history(older_than_days)
         if deleted:
             log.info("deleted %d history turn(s) older than the retention", deleted)
+        # Files sent: kept only as long as a per-user limit looks back.
+        await self.purge_file_uses()
         return erased
 
 

@@ -220,6 +220,28 @@ async def test_check_says_an_open_bot_is_open_and_warns(tmp_path: Path) -> None:
     assert "1:secret" not in out + err
 
 
+async def test_check_shows_where_files_are_downloaded_and_whether_voice_is_on(
+    tmp_path: Path,
+) -> None:
+    config = write_config(
+        tmp_path,
+        '[agents.default]\nbackend = "echo"\n\n'
+        '[telegram]\nbot_token = "${TG}"\nallowed_users = [1]\n'
+        'api_url = "http://127.0.0.1:8081/tg/bot"\n\n'
+        "[files]\nmax_bytes = 31457280\n\n"
+        '[transcription]\nbase_url = "http://127.0.0.1:9000/v1"\n',
+    )
+    code, out, err = await run_cli(
+        "check", "--offline", "--config", str(config), cwd=tmp_path, env={"TG": "1:secret"}
+    )
+    assert code == 0, err
+    assert "  files from http://127.0.0.1:8081/tg/file/bot<token>/<path>" in out
+    assert "files: up to 30 MB each, documents cut at 40000 characters; voice via " in out
+    # A local Bot API server serves files above getFile's 20 MB: no warning.
+    assert "files.max_bytes" not in out
+    assert "1:secret" not in out + err
+
+
 @pytest.mark.parametrize(
     ("flags", "configured", "expected"),
     [

@@ -60,6 +60,8 @@ def test_example_config_loads_with_the_variables_it_names(tmp_path: Path) -> Non
         ("slack", type(config.slack)),
         ("daemon", type(config.daemon)),
         ("messages", type(config.messages)),
+        ("files", type(config.files)),
+        ("transcription", type(config.transcription)),
     ]:
         for key in model.model_fields:
             assert re.search(rf"^#? ?{key}(_file)? =", text, re.M), f"{section}.{key} undocumented"

@@ -15,7 +15,7 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 
@@ -77,6 +77,9 @@ class AgentBackend(ABC):
         reply = await backend.chat("and then?", session_id=reply.session_id)
     """
 
+    #: Whether the backend sends images to the agent (`bridge.files.Image`); the
+    #: others get a photo's caption alone, and the user a note saying so.
+    takes_images: ClassVar[bool] = False
     #: The config name, e.g. ``"default"``.
     name: str
 

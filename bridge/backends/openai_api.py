@@ -61,6 +61,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from bridge.attachments import images_of
 from bridge.backends.base import (
     BACKOFF_BASE,
     AgentRequest,
@@ -145,6 +146,9 @@ class OpenAIBackend(HttpAgentBackend[OpenAIAgentConfig]):
         # A conversation is created at the first turn; a response chain starts with none.
         return None
 
+    #: Photos go to the model as image parts with the text (`bridge.files`).
+    takes_images = True
+
     # --- a turn ---------------------------------------------------------------------
 
     async def chat(
@@ -161,7 +165,11 @@ class OpenAIBackend(HttpAgentBackend[OpenAIAgentConfig]):
         history; `chat()` adds the thread's turns)."""
         if self.config.api == "chat":
             return self._chat_request(message, ())
-        body: dict[str, Any] = {"model": self.config.model, **self.config.extra, "input": message}
+        body: dict[str, Any] = {
+            "model": self.config.model,
+            **self.config.extra,
+            "input": _responses_input(message),
+        }
         if self.config.system_prompt is not None:
             body["instructions"] = self.config.system_prompt
         if session_id is not None:
@@ -381,13 +389,13 @@ class OpenAIBackend(HttpAgentBackend[OpenAIAgentConfig]):
         )
 
     def _chat_request(self, message: str, turns: Sequence[HistoryTurn]) -> AgentRequest:
-        messages: list[dict[str, str]] = []
+        messages: list[dict[str, Any]] = []
         if self.config.system_prompt is not None:
             messages.append({"role": "system", "content": self.config.system_prompt})
         for turn in turns:
             messages.append({"role": "user", "content": turn.user})
             messages.append({"role": "assistant", "content": turn.assistant})
-        messages.append({"role": "user", "content": message})
+        messages.append({"role": "user", "content": _chat_content(message)})
         body = {"model": self.config.model, **self.config.extra, "messages": messages}
         return AgentRequest(f"{self._base}/chat/completions", body)
 
@@ -507,6 +515,28 @@ def _output_text(data: dict[str, Any]) -> str:
         text = "".join(refusals)  # showing a refusal beats "unreadable reply"
     status = data.get("status")
     return require_text(text, f"output_text in the response (status {status})")
+
+
+def _responses_input(message: str) -> str | list[dict[str, Any]]:
+    """The Responses ``input``: the text, or with images one user message of
+    ``input_text`` and ``input_image`` parts (data URLs)."""
+    images = images_of(message)
+    if not images:
+        return str(message)
+    parts: list[dict[str, Any]] = [{"type": "input_text", "text": str(message)}]
+    parts += [{"type": "input_image", "image_url": image.data_url} for image in images]
+    return [{"role": "user", "content": parts}]
+
+
+def _chat_content(message: str) -> str | list[dict[str, Any]]:
+    """A Chat Completions user message's ``content``: the text, or text and
+    ``image_url`` parts."""
+    images = images_of(message)
+    if not images:
+        return str(message)
+    parts: list[dict[str, Any]] = [{"type": "text", "text": str(message)}]
+    parts += [{"type": "image_url", "image_url": {"url": image.data_url}} for image in images]
+    return parts
 
 
 def _error_body(response: httpx.Response) -> dict[str, Any]:

@@ -61,10 +61,12 @@ from bridge.config.sections import (
     Config,
     DaemonConfig,
     DispatcherConfig,
+    FilesConfig,
     MessagesConfig,
     SlackConfig,
     StorageConfig,
     TelegramConfig,
+    TranscriptionConfig,
 )
 from bridge.config.writing import SecretRef, Sections, check_sections, to_toml
 from bridge.errors import ConfigError  # raised by the loaders; re-exported for callers
@@ -88,6 +90,7 @@ __all__ = [
     "DaemonConfig",
     "DispatcherConfig",
     "EchoAgentConfig",
+    "FilesConfig",
     "HttpAgentConfig",
     "HttpUrl",
     "MessagesConfig",
@@ -104,6 +107,7 @@ __all__ = [
     "TelegramConfig",
     "TelegramUser",
     "ThinnestAgentConfig",
+    "TranscriptionConfig",
     "check_sections",
     "default_config",
     "find_config_path",

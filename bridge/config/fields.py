@@ -27,6 +27,24 @@ DEFAULT_STORAGE_URL = "sqlite+aiosqlite:///agent-bridge.db"
 TELEGRAM_API_URL = "https://api.telegram.org/bot"
 
 
+def telegram_file_url(api_url: str) -> str:
+    """Where the Bot API serves files for ``api_url`` (``telegram.api_url``): a file is
+    ``{file_url}<token>/<file_path>``. The Bot API (Telegram's and the local server)
+    serves methods at ``<root>/bot<token>/<method>`` and files at
+    ``<root>/file/bot<token>/<path>``, so the root is ``api_url`` without its ``bot``;
+    an address that does not end in ``bot`` (a proxy's own prefix) gets ``/file/bot``
+    under it. Derived for every address: python-telegram-bot's default is Telegram's
+    own host whatever ``base_url`` says, and a download would take the token there.
+
+    >>> telegram_file_url("https://api.telegram.org/bot")
+    'https://api.telegram.org/file/bot'
+    >>> telegram_file_url("http://127.0.0.1:8081/tg/")
+    'http://127.0.0.1:8081/tg/file/bot'
+    """
+    root = api_url[: -len("bot")] if api_url.endswith("bot") else api_url
+    return f"{root.rstrip('/')}/file/bot"
+
+
 class Section(BaseModel):
     # strict: a wrong type is an error, not a silent coercion ("60" is not 60).
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)

@@ -27,6 +27,7 @@ from bridge.config.fields import (
     TelegramAdmin,
     TelegramUser,
     parse_listen,
+    telegram_file_url,
 )
 
 
@@ -148,12 +149,20 @@ class TelegramConfig(Section):
     webhook_secret: SecretStr | None = None
     listen: str = "127.0.0.1:8443"
     api_url: HttpUrl = TELEGRAM_API_URL
+    #: Where files are downloaded from (``{file_url}<token>/<path>``); unset: derived
+    #: from ``api_url`` (`telegram_file_url`), for a proxy that maps files elsewhere.
+    file_url: HttpUrl | None = None
     #: Messages the bot sends per second across all chats: Telegram's bulk limit
     #: is 30 (paid broadcasts allow up to 1000). 0: no overall limit (a local Bot
     #: API server). The per-chat limits (1 a second, 20 a minute in groups) stay.
     max_messages_per_second: float = Field(30, ge=0)
     #: User ids who may approve people with ``/approve CODE`` (`bridge.access`).
     admins: list[TelegramAdmin] = Field(default_factory=list)
+
+    @property
+    def effective_file_url(self) -> str:
+        """The file download base, always on the configured Bot API's host."""
+        return self.file_url or telegram_file_url(self.api_url)
 
     @field_validator("webhook_secret")
     @classmethod
@@ -243,6 +252,41 @@ class DaemonConfig(Section):
         return None if value is None else parse_listen(value)
 
 
+class FilesConfig(Section):
+    """Files, voice notes and images sent to the agent (`bridge.files`)."""
+
+    #: Bytes a file may have; a larger one is refused before it is downloaded whole
+    #: (Telegram's Bot API serves files up to 20 MB).
+    max_bytes: int = Field(10 * 1024 * 1024, ge=1)
+    #: Characters of one document's text sent to the agent; the rest is cut, with a
+    #: note saying so (``dispatcher.max_input_chars`` applies to the typed text only).
+    max_chars: int = Field(40000, ge=100)
+    #: Files one user may send per minute; 0: no limit.
+    max_per_minute: int = Field(10, ge=0)
+    #: Bytes of files one user may send per day (UTC); 0: no limit.
+    max_bytes_per_day: int = Field(100 * 1024 * 1024, ge=0)
+
+
+class TranscriptionConfig(Section):
+    """An OpenAI-compatible transcription endpoint for voice notes and audio
+    (``POST {base_url}/audio/transcriptions``: OpenAI, Groq, a local Whisper server)."""
+
+    base_url: HttpUrl
+    api_key: SecretStr | None = None
+    model: str = Field("whisper-1", min_length=1)
+    timeout: float = Field(60, gt=0)
+    #: What the user sees before the answer; {text} is the transcript. Empty: nothing.
+    heard: str = "> 🎤 {text}"
+
+    @field_validator("heard")
+    @classmethod
+    def _heard(cls, value: str) -> str:
+        for name in re.findall(r"\{([^{}]*)\}", value):
+            if name != "text":
+                raise ValueError(f"unknown placeholder {{{name}}} (use {{text}})")
+        return value
+
+
 class Config(Section):
     storage: StorageConfig = StorageConfig()
     agents: dict[str, AgentConfig] = Field(min_length=1)
@@ -253,3 +297,5 @@ class Config(Section):
     daemon: DaemonConfig = DaemonConfig()
     alerts: AlertsConfig | None = None
     budgets: BudgetsConfig = BudgetsConfig()
+    files: FilesConfig = FilesConfig()
+    transcription: TranscriptionConfig | None = None

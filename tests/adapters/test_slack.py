@@ -380,9 +380,11 @@ async def test_messages_that_are_not_answered(
     assert [c.json["message"] for c in agents.chat_calls] == ["root"]
 
 
-async def test_file_share_uses_the_text_or_says_files_are_not_read(
+async def test_file_share_of_a_file_slack_does_not_have_answers_the_text_with_a_note(
     tmp_path: Path, slack: FakeSlack, agents: FakeAgentServer
 ) -> None:
+    # F1 is unknown to files.info (deleted meanwhile): a note, and the text is answered.
+    # Files that download are in tests/adapters/test_slack_files.py.
     files = [{"id": "F1", "name": "report.pdf", "mimetype": "application/pdf"}]
     async with running(make_config(tmp_path, slack, agents), slack) as bridge:
         with_text = slack.message(
@@ -393,8 +395,10 @@ async def test_file_share_uses_the_text_or_says_files_are_not_read(
         without["files"] = files
         await bridge.deliver(without)
         await slack.wait_call("chat.postMessage", 2)
-    assert bridge.replies() == ["echo: summarize this", TEXT_FILES]
+    note = "Sorry, I could not download report.pdf from Slack. Please share it again."
+    assert bridge.replies() == [f"{note}\n\necho: summarize this", note]
     assert len(agents.chat_calls) == 1
+    assert TEXT_FILES  # still said when a file_share carries no file the bridge can read
 
 
 # --- access ---------------------------------------------------------------------------

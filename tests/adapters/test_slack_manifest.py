@@ -78,6 +78,8 @@ METHOD_SCOPES = {
     "assistant_threads_setStatus": {"chat:write"},
     "assistant_threads_setSuggestedPrompts": {"assistant:write"},
     "assistant_threads_setTitle": {"assistant:write"},
+    # Files shared with the bot: files.info, then url_private_download (files:read too).
+    "files_info": {"files:read"},
 }
 
 

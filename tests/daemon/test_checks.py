@@ -163,3 +163,18 @@ def test_ids_only_and_slack_workspace_wide_are_no_warning() -> None:
     assert warnings_for({"allowed_users": [123, 456]}) == []
     # In Slack "*" is the workspace's members (other teams need allowed_teams).
     assert warnings_for(allowed_users=["*"], allowed_channels=["*"]) == []
+
+
+def test_files_over_telegrams_getfile_limit_are_a_warning_without_a_local_server() -> None:
+    def warnings(max_bytes: int, **telegram: Any) -> list[str]:
+        raw: dict[str, Any] = {
+            "agents": {"default": {"backend": "echo"}},
+            "telegram": {"bot_token": "1:x", "allowed_users": [1], **telegram},
+            "files": {"max_bytes": max_bytes},
+        }
+        return config_warnings(parse_config(raw, base_dir=Path("/tmp"), environ={}))
+
+    [warning] = warnings(50 * 1024 * 1024)
+    assert warning.startswith("files.max_bytes: 52428800 is above the 20 MB")
+    assert warnings(20 * 1024 * 1024) == []
+    assert warnings(50 * 1024 * 1024, api_url="http://127.0.0.1:8081/bot") == []

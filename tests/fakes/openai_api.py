@@ -27,6 +27,10 @@ Endpoints, under ``api.url`` (which ends in ``/v1``):
   ``stream_options.include_usage``, then ``data: [DONE]``. ``api.stream_error = {...}``
   sends that event data after the first delta instead of the rest (once);
   ``api.stream_calls`` counts streamed requests.
+- Images: a Responses ``input`` may be message items whose ``content`` holds
+  ``input_text`` and ``input_image`` parts, a Chat Completions user message
+  ``text`` and ``image_url`` parts; an image must be a base64 ``data:image/`` URL
+  (else 400). The echo is of the text; ``api.images`` keeps (MIME type, bytes).
 - ``GET /models``: ``{"object": "list", "data": [{"id": ...}, ...]}`` (``models=``).
 
 Authentication: with ``FakeOpenAI(api_key="sk-...")`` every request needs exactly
@@ -48,6 +52,7 @@ Control:
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import itertools
 import json as jsonlib
@@ -160,6 +165,8 @@ class FakeOpenAI:
         self.api_key = api_key
         self.models = models
         self.calls: list[OpenAICall] = []
+        #: Every image part received: (MIME type, the decoded bytes).
+        self.images: list[tuple[str, bytes]] = []
         #: conversation id -> the user inputs it holds, in order.
         self.conversations: dict[str, list[str]] = {}
         #: stored response id -> (the response it followed, its user input).
@@ -254,11 +261,14 @@ class FakeOpenAI:
         body, early = await self._begin(request)
         if early is not None:
             return early
-        if not isinstance(body, dict) or not isinstance(body.get("input"), str):
-            return _bad_request("input is required (a string, in this fake)", "input")
+        if not isinstance(body, dict) or "input" not in body:
+            return _bad_request("input is required", "input")
+        try:
+            text = self._input_text(body["input"], "input_text", "input_image")
+        except ValueError as exc:
+            return _bad_request(str(exc), "input")
         if body.get("model") not in self.models:
             return _model_not_found(body.get("model"))
-        text: str = body["input"]
         conversation = body.get("conversation")
         previous = body.get("previous_response_id")
         if conversation is not None and previous is not None:
@@ -376,7 +386,14 @@ class FakeOpenAI:
             return _bad_request("messages is required", "messages")
         if body.get("model") not in self.models:
             return _model_not_found(body.get("model"))
-        users = [m.get("content", "") for m in messages if m.get("role") == "user"]
+        try:
+            users = [
+                self._input_text([m], "text", "image_url")
+                for m in messages
+                if m.get("role") == "user"
+            ]
+        except ValueError as exc:
+            return _bad_request(str(exc), "messages")
         answer = _echo(users[-1], users[:-1])
         prompt = sum(len(str(m.get("content", "")).split()) for m in messages)
         completion = len(answer.split())
@@ -423,12 +440,48 @@ class FakeOpenAI:
             }
         )
 
+    def _input_text(self, value: Any, text_type: str, image_type: str) -> str:
+        """The user's text of a Responses ``input`` (a string, or message items with
+        content parts) or of Chat Completions user messages; images are checked as
+        OpenAI does (a base64 ``data:image/...`` URL) and kept in ``self.images``."""
+        if isinstance(value, str):
+            return value
+        if not isinstance(value, list):
+            raise ValueError("expected a string or a list of messages")
+        texts: list[str] = []
+        for item in value:
+            content = item.get("content") if isinstance(item, dict) else None
+            if isinstance(content, str):
+                texts.append(content)
+                continue
+            if not isinstance(content, list):
+                raise ValueError("expected content parts")
+            for part in content:
+                kind = part.get("type") if isinstance(part, dict) else None
+                if kind == text_type:
+                    texts.append(str(part.get("text", "")))
+                elif kind == image_type:
+                    url = part.get("image_url")
+                    url = url.get("url") if isinstance(url, dict) else url
+                    self.images.append(_data_url(url))
+                else:
+                    raise ValueError(f"unknown content part type {kind!r}")
+        return "\n".join(texts)
+
     async def _models(self, request: web.Request) -> web.StreamResponse:
         _, early = await self._begin(request)
         if early is not None:
             return early
         data = [{"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in self.models]
         return web.json_response({"object": "list", "data": data})
+
+
+def _data_url(url: object) -> tuple[str, bytes]:
+    """(MIME type, bytes) of an image's data URL; ValueError for anything else."""
+    if not isinstance(url, str) or not url.startswith("data:image/") or ";base64," not in url:
+        raise ValueError("image_url must be a base64 data:image/... URL in this fake")
+    head, _, data = url.partition(";base64,")
+    return head.removeprefix("data:"), base64.b64decode(data, validate=True)
 
 
 def _echo(text: str, earlier: list[str]) -> str:

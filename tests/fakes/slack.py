@@ -47,6 +47,14 @@ both filtered by ``oldest``/``latest`` (exclusive unless ``inclusive``), paginat
 at most ``page_size`` messages a page), and with ``metadata`` only when
 ``include_all_metadata`` is set, as Slack does.
 
+Files: ``slack.add_file(content, name, mimetype)`` stores a file and returns its file
+object (``url_private_download`` on this server) for a message's ``files[]``;
+``slack.file_stub(file)`` is the Slack Connect stub (``file_access: check_file_info``).
+``files.info`` answers the file object. The download route wants ``Authorization: Bearer``
+with the bot token (or ``download_token``); without it Slack's answer: a 302 to a sign-in
+page served with 200 as HTML (``signin_inline``: that page at once). ``slack.downloads``
+records (path, token) of each request.
+
 Scripting: ``slack.fail("chat.postMessage", error="ratelimited", status=429,
 headers={"Retry-After": "1"})`` makes the next call of that method fail that way (FIFO,
 one script entry per call). ``slack.lose_response(method)`` lets the next call of
@@ -200,6 +208,16 @@ class FakeSlack:
         self._ids = itertools.count(1)
         self._runner: web.AppRunner | None = None
         self._port = 0
+        #: file id -> (the file object files.info answers, its content)
+        self.files: dict[str, tuple[dict[str, Any], bytes]] = {}
+        #: Every request on the download route: (path, the bearer token or None).
+        self.downloads: list[tuple[str, str | None]] = []
+        #: The token downloads want (default: the bot token); another one makes the
+        #: bot's token fail there as an app without files:read would.
+        self.download_token: str | None = None
+        #: A refused download answers the sign-in page at once (200, HTML) instead of
+        #: the 302 to it, as some of Slack's file URLs do.
+        self.signin_inline = False
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -208,6 +226,8 @@ class FakeSlack:
         app.router.add_post("/api/{method}", self._api)
         app.router.add_get("/api/{method}", self._api)
         app.router.add_get("/socket", self._socket)
+        app.router.add_get("/files-pri/{team_file}/download/{name}", self._download)
+        app.router.add_get("/signin", self._signin)
         self._runner, self._port = await serve_loopback(app)
         return self
 
@@ -316,6 +336,60 @@ class FakeSlack:
             assert request.transport is not None
             request.transport.close()
         return web.json_response(result)
+
+    # --- files -----------------------------------------------------------------------
+
+    def add_file(
+        self, content: bytes, name: str, mimetype: str, *, filetype: str = ""
+    ) -> dict[str, Any]:
+        """Store a file; returns its file object as a ``message``'s ``files[]`` carries
+        it (``url_private_download`` on this server, which wants the bot token)."""
+        file_id = f"F{next(self._ids):08d}"
+        url = f"{self.url}/files-pri/{self.team_id}-{file_id}/download/{name}"
+        info = {
+            "id": file_id,
+            "name": name,
+            "title": name,
+            "mimetype": mimetype,
+            "filetype": filetype or name.rsplit(".", 1)[-1],
+            "size": len(content),
+            "mode": "hosted",
+            "url_private": url.replace("/download/", "/"),
+            "url_private_download": url,
+        }
+        self.files[file_id] = (info, content)
+        return dict(info)
+
+    @staticmethod
+    def file_stub(file: dict[str, Any]) -> dict[str, Any]:
+        """The stub a Slack Connect event may carry instead: ``files.info`` needed."""
+        return {"id": file["id"], "mode": "file_access", "file_access": "check_file_info"}
+
+    def _files_info(self, args: dict[str, Any]) -> dict[str, Any]:
+        found = self.files.get(str(args.get("file")))
+        if found is None:
+            return {"ok": False, "error": "file_not_found"}
+        return {"ok": True, "file": dict(found[0])}
+
+    async def _download(self, request: web.Request) -> web.StreamResponse:
+        auth = request.headers.get("Authorization", "")
+        token = auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else None
+        async with self._changed:
+            self.downloads.append((request.path, token))
+            self._changed.notify_all()
+        file_id = request.match_info["team_file"].rsplit("-", 1)[-1]
+        found = self.files.get(file_id)
+        if token != (self.download_token or self.bot_token) or found is None:
+            # What Slack does without a valid token: off to the sign-in page.
+            if self.signin_inline:
+                return await self._signin(request)
+            raise web.HTTPFound(f"{self.url}/signin?redir={request.path}")
+        info, content = found
+        return web.Response(body=content, content_type=str(info["mimetype"]))
+
+    async def _signin(self, request: web.Request) -> web.Response:
+        page = "<!DOCTYPE html><html>Sign in to Slack</html>"
+        return web.Response(text=page, content_type="text/html")
 
     def _auth_test(self, args: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -1059,4 +1133,5 @@ _METHODS = {
     "assistant.threads.setSuggestedPrompts": FakeSlack._set_suggested_prompts,
     "assistant.threads.setTitle": FakeSlack._set_title,
     "apps.connections.open": FakeSlack._connections_open,
+    "files.info": FakeSlack._files_info,
 }

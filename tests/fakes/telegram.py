@@ -36,6 +36,12 @@ Webhook mode: ``setWebhook`` is recorded (``tg.webhook``); while a webhook is se
 to the registered webhook with its secret header, as Telegram would, and returns the HTTP
 status the bot answered.
 
+Files: ``tg.add_file(content, path="documents/a.pdf")`` stores a file and returns its
+``file_id``; ``getFile`` answers its ``file_path`` (400 "file is too big" above 20 MB, as
+the Bot API does), and ``GET /file/bot<token>/<file_path>`` serves it in chunks, 404 for a
+wrong token or path. Every download is recorded in ``tg.downloads`` (token, path, bytes
+sent, whether it was sent whole).
+
 Update builders (module functions) make the JSON Telegram sends: `private_text`,
 `group_text`, `group_mention`, `reply_to_bot`, `topic_message`, `edited_text`,
 `photo_with_caption`, `sticker`, `voice`, `channel_post`, `my_chat_member`.
@@ -120,6 +126,16 @@ class ApiCall:
 
 
 @dataclass
+class Download:
+    """One request on the file route."""
+
+    token: str
+    path: str
+    sent: int = 0
+    whole: bool = False
+
+
+@dataclass
 class FakeError:
     """A scripted error answer."""
 
@@ -177,6 +193,13 @@ class FakeTelegram:
         self._closing = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self._client: aiohttp.ClientSession | None = None
+        #: file_id -> (file_path, content, the size getFile reports)
+        self.files: dict[str, tuple[str, bytes, int]] = {}
+        self.downloads: list[Download] = []
+        #: Set: downloads flow; cleared by `hold_downloads`, they stop after a first chunk.
+        self._downloads_flow = asyncio.Event()
+        self._downloads_flow.set()
+        self._file_ids = itertools.count(1)
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -196,6 +219,7 @@ class FakeTelegram:
         app = web.Application()
         app.router.add_post("/bot{token}/{method}", self._handle)
         app.router.add_get("/bot{token}/{method}", self._handle)
+        app.router.add_get("/file/bot{token}/{path:.+}", self._download)
         self._runner, port = await serve_loopback(app)
         self.url = f"http://127.0.0.1:{port}"
 
@@ -240,6 +264,46 @@ class FakeTelegram:
         self._queue.append((update_id, value))
         self._notify()
         return update_id
+
+    def add_file(
+        self, content: bytes, *, path: str = "documents/file.bin", size: int | None = None
+    ) -> str:
+        """Store a file for getFile and the download route; returns its file_id.
+        ``size`` is what getFile reports (default: the content's length)."""
+        file_id = f"BQACAgfile{next(self._file_ids)}"
+        self.files[file_id] = (path, content, len(content) if size is None else size)
+        return file_id
+
+    def hold_downloads(self) -> None:
+        """Downloads send their first chunk, then wait for `release_downloads`."""
+        self._downloads_flow.clear()
+
+    def release_downloads(self) -> None:
+        self._downloads_flow.set()
+
+    async def _download(self, request: web.Request) -> web.StreamResponse:
+        token = request.match_info["token"]
+        path = request.match_info["path"]
+        record = Download(token, path)
+        self.downloads.append(record)
+        found = next((f for f in self.files.values() if f[0] == path), None)
+        if token != self.token or found is None:
+            return _error(404, "Not Found")
+        content = found[1]
+        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        response.content_length = len(content)
+        await response.prepare(request)
+        try:
+            for start in range(0, len(content), 65536):
+                await response.write(content[start : start + 65536])
+                record.sent = min(start + 65536, len(content))
+                self._notify()
+                await self._downloads_flow.wait()
+            await response.write_eof()
+        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+            return response  # the bot stopped reading: not sent whole
+        record.whole = True
+        return response
 
     def fail_next(self, method: str, *errors: FakeError) -> None:
         """The next calls of ``method`` fail with these errors, in order."""
@@ -362,6 +426,20 @@ class FakeTelegram:
         if sticky is not None and (sticky.when is None or sticky.when(params)):
             return sticky
         return None
+
+    async def _api_getfile(self, params: dict[str, Any]) -> Any:
+        found = self.files.get(str(params.get("file_id")))
+        if found is None:
+            return _error(400, "Bad Request: invalid file_id")
+        path, _, size = found
+        if size > 20 * 1024 * 1024:
+            return _error(400, "Bad Request: file is too big")
+        return {
+            "file_id": params["file_id"],
+            "file_unique_id": f"u-{params['file_id']}",
+            "file_size": size,
+            "file_path": path,
+        }
 
     async def _api_getme(self, params: dict[str, Any]) -> Any:
         return {
@@ -685,6 +763,57 @@ def sticker(user: User) -> dict[str, Any]:
 
 def voice(user: User) -> dict[str, Any]:
     v = {"file_id": "AwAD-voice", "file_unique_id": "u3", "duration": 3}
+    return {"message": _message(private_chat(user), user, voice=v)}
+
+
+def document(
+    user: User,
+    file_id: str,
+    name: str,
+    *,
+    mime_type: str | None = None,
+    size: int | None = None,
+    caption: str | None = None,
+) -> dict[str, Any]:
+    """A file sent as a document, as Telegram describes it (file_size as declared)."""
+    doc: dict[str, Any] = {"file_id": file_id, "file_unique_id": f"u-{file_id}", "file_name": name}
+    if mime_type is not None:
+        doc["mime_type"] = mime_type
+    if size is not None:
+        doc["file_size"] = size
+    extra: dict[str, Any] = {"document": doc}
+    if caption is not None:
+        extra["caption"] = caption
+    return {"message": _message(private_chat(user), user, **extra)}
+
+
+def photo(user: User, file_id: str, *, size: int, caption: str | None = None) -> dict[str, Any]:
+    """A photo in the sizes Telegram sends: two thumbnails and ``file_id`` the largest."""
+    sizes = [
+        {"file_id": "thumb-s", "file_unique_id": "ts", "width": 90, "height": 60, "file_size": 900},
+        {
+            "file_id": file_id,
+            "file_unique_id": "tl",
+            "width": 1280,
+            "height": 853,
+            "file_size": size,
+        },
+        {"file_id": "thumb-m", "file_unique_id": "tm", "width": 320, "height": 213, "file_size": 9},
+    ]
+    extra: dict[str, Any] = {"photo": sizes}
+    if caption is not None:
+        extra["caption"] = caption
+    return {"message": _message(private_chat(user), user, **extra)}
+
+
+def voice_note(user: User, file_id: str, *, size: int) -> dict[str, Any]:
+    v = {
+        "file_id": file_id,
+        "file_unique_id": f"u-{file_id}",
+        "duration": 2,
+        "mime_type": "audio/ogg",
+        "file_size": size,
+    }
     return {"message": _message(private_chat(user), user, voice=v)}
 
 
