@@ -11,7 +11,7 @@ instance to post later.
 
 A streaming agent (`AgentBackend.streams`) is read event by event: where the
 adapter offers a live view (`ChatAdapter.live`), the text so far is shown at
-most every ``LIVE_INTERVAL`` seconds by a small pump task (the stream is never
+most every ``LIVE_INTERVAL`` seconds by a small pump task (`bridge.live_view`; the stream is never
 held up by the platform), and the last text is shown before the answer is
 stored. The stored reply is then posted with ``send_reply`` exactly as an
 answer that was not streamed (the adapter may finish the live view in place),
@@ -27,11 +27,10 @@ import dataclasses
 import enum
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, TypeVar
 
-from bridge import stream
 from bridge.chat import LIVE_REF
 from bridge.config import DispatcherConfig, MessagesConfig
 from bridge.errors import (
@@ -43,6 +42,7 @@ from bridge.errors import (
 )
 from bridge.files import FileReader, Prepared
 from bridge.instance import Instance
+from bridge.live_view import Shown, close_live, read_stream
 from bridge.metrics import Metrics
 from bridge.model import (
     AgentReply,
@@ -61,7 +61,7 @@ if TYPE_CHECKING:
     from bridge.alerts import Alerter
     from bridge.backends.base import AgentBackend
     from bridge.chat import ChatAdapter
-    from bridge.stream import AgentEvent, LiveAnswer
+    from bridge.stream import LiveAnswer
     from storage.store import Store
 
 log = logging.getLogger("bridge.dispatcher")
@@ -167,7 +167,7 @@ class Turns(TurnBudgets):
             )
         finally:
             if live is not None:
-                await _close(live, message)
+                await close_live(live, message)
 
     async def _answer(
         self, adapter: ChatAdapter, message: InboxMessage, live: LiveAnswer | None = None
@@ -252,7 +252,7 @@ class Turns(TurnBudgets):
             return Reply(text, error_kind="attachment"), None
         session = conversation.session_id or backend.new_session_id()
         note = ""
-        shown = _Shown()
+        shown = Shown()
         try:
             try:
                 result = await self._call(backend, message, session, live, shown, prepared)
@@ -294,7 +294,7 @@ class Turns(TurnBudgets):
         message: InboxMessage,
         session: str | None,
         live: LiveAnswer | None = None,
-        shown: _Shown | None = None,
+        shown: Shown | None = None,
         prepared: Prepared | None = None,
     ) -> AgentReply:
         started = time.monotonic()
@@ -317,7 +317,7 @@ class Turns(TurnBudgets):
                 async with contextlib.aclosing(
                     backend.stream(text, session, context=who)
                 ) as events:
-                    result = await _read_stream(events, live, shown or _Shown())
+                    result = await read_stream(events, live, shown or Shown())
             else:
                 result = await backend.chat(text, session, context=who)
         except AgentError as exc:
@@ -429,122 +429,6 @@ class Turns(TurnBudgets):
     def _store_failed(self, exc: StorageError) -> None:
         self.metrics.store_errors.inc()
         self.store_problem = str(exc)
-
-
-@dataclasses.dataclass(slots=True)
-class _Shown:
-    """The text of a streamed answer shown live so far (empty without a live view)."""
-
-    text: str = ""
-
-
-async def _read_stream(
-    events: AsyncIterator[AgentEvent], live: LiveAnswer | None, shown: _Shown
-) -> AgentReply:
-    """Read a streaming agent's events to its final reply, showing the text so far
-    on ``live`` (if any) and keeping it in ``shown`` for an error mid-stream."""
-    shown.text = ""
-    pump = _Pump(live) if live is not None else None
-    text = ""
-    result: AgentReply | None = None
-    try:
-        async for event in events:
-            if isinstance(event, stream.TextDelta):
-                text += event.text
-                if pump is not None and event.text:
-                    shown.text = text
-                    pump.update(text)
-            elif isinstance(event, stream.StatusLine):
-                if pump is not None:
-                    await pump.status(event.text)
-            else:
-                result = event  # the last event; the stream ends after it
-        if result is None:
-            raise RuntimeError("the agent's stream ended without a final reply")
-        if pump is not None:
-            await pump.finish()
-    finally:
-        if pump is not None:
-            await pump.settle()
-    return result
-
-
-#: Seconds a stopping live view waits for the update in progress.
-SETTLE_TIMEOUT = 10.0
-
-
-class _Pump:
-    """Shows the latest text on a `LiveAnswer`, at most every ``LIVE_INTERVAL``
-    seconds, in a task of its own: a slow platform call never holds up the
-    stream, and texts that came meanwhile are skipped for the newest."""
-
-    def __init__(self, live: LiveAnswer) -> None:
-        self._live = live
-        self._text = ""
-        self._shown = ""
-        self._closing = False
-        self._stopped = False
-        self._showing = False
-        self._changed = asyncio.Event()
-        self._task = asyncio.create_task(self._run(), name="live-answer")
-
-    def update(self, text: str) -> None:
-        self._text = text
-        self._changed.set()
-
-    async def status(self, text: str) -> None:
-        try:
-            await self._live.status(text)
-        except Exception:  # a LiveAnswer must not raise; if it does, only the view suffers
-            log.debug("a live answer's status failed", exc_info=True)
-
-    async def finish(self) -> None:
-        """Show the last text (when its turn comes), then stop."""
-        self._closing = True
-        self._changed.set()
-        await self._task
-
-    async def settle(self) -> None:
-        """Stop: let a show in progress end (the adapter must learn what it started,
-        e.g. a streamed message's ts, or it would post a second copy), start none."""
-        self._stopped = True
-        self._changed.set()
-        if self._showing and not self._task.done():
-            await asyncio.wait({self._task}, timeout=SETTLE_TIMEOUT)
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        due = 0.0
-        while not self._stopped and not (self._closing and self._text == self._shown):
-            await self._changed.wait()
-            if self._stopped:
-                break
-            self._changed.clear()
-            if self._text == self._shown:
-                continue
-            wait = due - loop.time()
-            if wait > 0:
-                await asyncio.sleep(wait)  # the pump's own pace; the stream goes on
-            text = self._text
-            due = loop.time() + stream.LIVE_INTERVAL
-            self._showing = True
-            try:
-                await self._live.show(text)
-            except Exception:
-                log.debug("a live answer's update failed", exc_info=True)
-            finally:
-                self._showing = False
-            self._shown = text
-
-
-async def _close(live: LiveAnswer, message: InboxMessage) -> None:
-    try:
-        await live.close()
-    except Exception:  # the reply is posted (or parked) already: only the view suffers
-        log.warning("message %d: could not close its live answer", message.id, exc_info=True)
 
 
 def _since(created_at: datetime | None) -> str:
