@@ -66,7 +66,7 @@ async def test_since_filters_oldest_first(store: Store, db: Database) -> None:
     week_ago = datetime.now(UTC) - timedelta(days=7)
     await db.execute(
         "UPDATE feedback SET created_at = :at WHERE message_id = :id",
-        at=week_ago.replace(tzinfo=None) if db.backend == "sqlite" else week_ago,
+        at=week_ago.replace(tzinfo=None).isoformat(" ") if db.backend == "sqlite" else week_ago,
         id=old,
     )
     assert [e.message_id for e in await store.list_feedback()] == [old, new]
