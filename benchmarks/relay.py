@@ -20,27 +20,82 @@ import os
 import signal
 import socket
 from collections import deque
-from typing import Any
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Any, Generic, TypeVar
 
 import httpx
 
 POLL_TIMEOUT = 30
+K = TypeVar("K", bound=Hashable)
+
+
+UNBOUNDED = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+
+
+class AgentCall:
+    """``POST /v1/agents/{id}/chat`` with each chat's session id, kept in memory."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.url = f"{args.agent_url.rstrip('/')}/v1/agents/{args.agent_id}/chat"
+        self.headers = {"Authorization": f"Bearer {args.api_key}"}
+        self.client = httpx.AsyncClient(timeout=httpx.Timeout(120.0), limits=UNBOUNDED)
+        self.sessions: dict[Hashable, str] = {}
+
+    async def ask(self, chat: Hashable, text: str) -> str:
+        body: dict[str, Any] = {"message": text}
+        if chat in self.sessions:
+            body["session_id"] = self.sessions[chat]
+        try:
+            resp = await self.client.post(self.url, json=body, headers=self.headers)
+            resp.raise_for_status()
+            data = resp.json()
+            self.sessions[chat] = data.get("session_id") or self.sessions.get(chat, "")
+            return str(data["response"])
+        except (httpx.HTTPError, ValueError, KeyError):
+            return "The agent is unavailable right now."
+
+
+class InOrder(Generic[K]):
+    """Messages of one chat answered one after another, in order; chats side by side,
+    at most ``limit`` answers at once (0: no bound)."""
+
+    def __init__(self, answer: Callable[[K, dict[str, Any]], Awaitable[None]], limit: int) -> None:
+        self._answer = answer
+        self._slots = asyncio.Semaphore(limit) if limit else None
+        self._queues: dict[K, deque[dict[str, Any]]] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def put(self, chat: K, message: dict[str, Any]) -> None:
+        queue = self._queues.get(chat)
+        if queue is not None:  # a worker is answering this chat: it takes this one next
+            queue.append(message)
+            return
+        self._queues[chat] = deque([message])
+        task = asyncio.create_task(self._work(chat))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _work(self, chat: K) -> None:
+        queue = self._queues[chat]
+        try:
+            while queue:
+                message = queue.popleft()
+                if self._slots is None:
+                    await self._answer(chat, message)
+                else:
+                    async with self._slots:
+                        await self._answer(chat, message)
+        finally:
+            del self._queues[chat]
 
 
 class Relay:
     def __init__(self, args: argparse.Namespace) -> None:
         self.api = f"{args.api_url}{args.token}"
-        self.agent = f"{args.agent_url.rstrip('/')}/v1/agents/{args.agent_id}/chat"
-        self.headers = {"Authorization": f"Bearer {args.api_key}"}
-        limit = args.max_in_flight or None
-        self.slots = asyncio.Semaphore(limit) if limit else None
         # One client per peer: httpcore scans its whole pool on every request.
-        limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
-        self.telegram = httpx.AsyncClient(timeout=httpx.Timeout(40.0), limits=limits)
-        self.client = httpx.AsyncClient(timeout=httpx.Timeout(120.0), limits=limits)
-        self.sessions: dict[int, str] = {}
-        self.chats: dict[int, deque[dict[str, Any]]] = {}
-        self.tasks: set[asyncio.Task[None]] = set()
+        self.telegram = httpx.AsyncClient(timeout=httpx.Timeout(40.0), limits=UNBOUNDED)
+        self.agent_call = AgentCall(args)
+        self.chats: InOrder[int] = InOrder(self.answer, args.max_in_flight)
 
     async def call(self, method: str, body: dict[str, Any], poll: float = 0.0) -> Any:
         """One Bot API call; ``poll``: the seconds a getUpdates may wait on the server."""
@@ -67,44 +122,10 @@ class Relay:
                 offset = max(offset, int(update["update_id"]) + 1)
                 message = update.get("message")
                 if message and isinstance(message.get("text"), str):
-                    self.enqueue(message)
-
-    def enqueue(self, message: dict[str, Any]) -> None:
-        chat_id = int(message["chat"]["id"])
-        queue = self.chats.get(chat_id)
-        if queue is not None:  # a worker is answering this chat: it takes this one next
-            queue.append(message)
-            return
-        self.chats[chat_id] = deque([message])
-        task = asyncio.create_task(self.answer_chat(chat_id))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-
-    async def answer_chat(self, chat_id: int) -> None:
-        queue = self.chats[chat_id]
-        try:
-            while queue:
-                message = queue.popleft()
-                if self.slots is None:
-                    await self.answer(chat_id, message)
-                else:
-                    async with self.slots:
-                        await self.answer(chat_id, message)
-        finally:
-            del self.chats[chat_id]
+                    self.chats.put(int(message["chat"]["id"]), message)
 
     async def answer(self, chat_id: int, message: dict[str, Any]) -> None:
-        body: dict[str, Any] = {"message": message["text"]}
-        if chat_id in self.sessions:
-            body["session_id"] = self.sessions[chat_id]
-        try:
-            resp = await self.client.post(self.agent, json=body, headers=self.headers)
-            resp.raise_for_status()
-            data = resp.json()
-            self.sessions[chat_id] = data.get("session_id") or self.sessions.get(chat_id, "")
-            text = data["response"]
-        except (httpx.HTTPError, ValueError, KeyError):
-            text = "The agent is unavailable right now."
+        text = await self.agent_call.ask(chat_id, message["text"])
         with contextlib.suppress(httpx.HTTPError, RuntimeError):
             await self.call(
                 "sendMessage",
@@ -139,10 +160,10 @@ async def main_async(args: argparse.Namespace) -> int:
     stopping = asyncio.create_task(stop.wait())
     await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
     running.cancel()
-    for task in list(relay.tasks):
+    for task in list(relay.chats.tasks):
         task.cancel()
-    await asyncio.gather(running, *relay.tasks, return_exceptions=True)
-    await relay.client.aclose()
+    await asyncio.gather(running, *relay.chats.tasks, return_exceptions=True)
+    await relay.agent_call.client.aclose()
     await relay.telegram.aclose()
     return 0
 

@@ -20,13 +20,12 @@ import asyncio
 import contextlib
 import json
 import signal
-from collections import deque
 from typing import Any
 
 import aiohttp
 import httpx
 
-from benchmarks.relay import notify_ready
+from benchmarks.relay import UNBOUNDED, AgentCall, InOrder, notify_ready
 
 
 class SlackRelay:
@@ -34,16 +33,9 @@ class SlackRelay:
         self.api = args.api_url
         self.bot = {"Authorization": f"Bearer {args.bot_token}"}
         self.app = {"Authorization": f"Bearer {args.app_token}"}
-        self.agent = f"{args.agent_url.rstrip('/')}/v1/agents/{args.agent_id}/chat"
-        self.agent_headers = {"Authorization": f"Bearer {args.api_key}"}
-        limit = args.max_in_flight or None
-        self.slots = asyncio.Semaphore(limit) if limit else None
-        limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
-        self.slack = httpx.AsyncClient(timeout=httpx.Timeout(30.0), limits=limits)
-        self.client = httpx.AsyncClient(timeout=httpx.Timeout(120.0), limits=limits)
-        self.sessions: dict[str, str] = {}
-        self.channels: dict[str, deque[dict[str, Any]]] = {}
-        self.tasks: set[asyncio.Task[None]] = set()
+        self.slack = httpx.AsyncClient(timeout=httpx.Timeout(30.0), limits=UNBOUNDED)
+        self.agent_call = AgentCall(args)
+        self.channels: InOrder[str] = InOrder(self.answer, args.max_in_flight)
 
     async def call(self, method: str, body: dict[str, Any], headers: dict[str, str]) -> Any:
         resp = await self.slack.post(f"{self.api}{method}", json=body, headers=headers)
@@ -75,44 +67,10 @@ class SlackRelay:
                     and not event.get("subtype")
                     and not event.get("bot_id")
                 ):
-                    self.enqueue(event)
-
-    def enqueue(self, event: dict[str, Any]) -> None:
-        channel = str(event["channel"])
-        queue = self.channels.get(channel)
-        if queue is not None:  # a worker is answering this channel: it takes this next
-            queue.append(event)
-            return
-        self.channels[channel] = deque([event])
-        task = asyncio.create_task(self.answer_channel(channel))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-
-    async def answer_channel(self, channel: str) -> None:
-        queue = self.channels[channel]
-        try:
-            while queue:
-                event = queue.popleft()
-                if self.slots is None:
-                    await self.answer(channel, event)
-                else:
-                    async with self.slots:
-                        await self.answer(channel, event)
-        finally:
-            del self.channels[channel]
+                    self.channels.put(str(event["channel"]), event)
 
     async def answer(self, channel: str, event: dict[str, Any]) -> None:
-        body: dict[str, Any] = {"message": event["text"]}
-        if channel in self.sessions:
-            body["session_id"] = self.sessions[channel]
-        try:
-            resp = await self.client.post(self.agent, json=body, headers=self.agent_headers)
-            resp.raise_for_status()
-            data = resp.json()
-            self.sessions[channel] = data.get("session_id") or self.sessions.get(channel, "")
-            text = data["response"]
-        except (httpx.HTTPError, ValueError, KeyError):
-            text = "The agent is unavailable right now."
+        text = await self.agent_call.ask(channel, event["text"])
         with contextlib.suppress(httpx.HTTPError, RuntimeError):
             await self.call("chat.postMessage", {"channel": channel, "text": text}, self.bot)
 
@@ -135,10 +93,10 @@ async def main_async(args: argparse.Namespace) -> int:
     stopping = asyncio.create_task(stop.wait())
     await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
     running.cancel()
-    for task in list(relay.tasks):
+    for task in list(relay.channels.tasks):
         task.cancel()
-    await asyncio.gather(running, *relay.tasks, return_exceptions=True)
-    await relay.client.aclose()
+    await asyncio.gather(running, *relay.channels.tasks, return_exceptions=True)
+    await relay.agent_call.client.aclose()
     await relay.slack.aclose()
     return 0
 
