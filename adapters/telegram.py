@@ -35,7 +35,6 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import httpx
-from aiohttp import web
 from telegram import Bot, Message, ReplyParameters, Update
 from telegram.constants import ChatAction
 from telegram.error import BadRequest, ChatMigrated, Forbidden, InvalidToken, TelegramError
@@ -80,6 +79,8 @@ from bridge.stream import LiveAnswer
 from bridge.web import ListenError, serve
 
 if TYPE_CHECKING:
+    from aiohttp import web
+
     from bridge.dispatcher import Dispatcher
 
 log = logging.getLogger("adapters.telegram")
@@ -328,6 +329,8 @@ class TelegramAdapter(ChatAdapter):
         url = self.config.webhook_url or ""
         secret = self.config.webhook_secret
         path = urlsplit(url).path or "/"
+        from aiohttp import web  # webhook mode only (`bridge.web`)
+
         app = web.Application()
         app.router.add_post(path, self._on_webhook)
         try:
@@ -347,6 +350,8 @@ class TelegramAdapter(ChatAdapter):
         log.info("Telegram webhook %s registered; listening on %s", url, self.config.listen)
 
     async def _on_webhook(self, request: web.Request) -> web.Response:
+        from aiohttp import web
+
         secret = self.config.webhook_secret
         expected = secret.get_secret_value().encode() if secret else b""
         given = request.headers.get(SECRET_HEADER, "").encode("utf-8", "replace")

@@ -151,6 +151,16 @@ class Exceeded:
 TurnBudget = Callable[[Conversation], tuple[Charge, list[Limit]]]
 
 
+@dataclass(frozen=True, slots=True)
+class StartedTurn:
+    """A turn the store began while accepting its message (`Store.accept_and_start`):
+    the message is running under this instance's lease and charged to its budgets;
+    ``exceeded`` names the limit it reached, if any (then the agent is not asked)."""
+
+    conversation: Conversation
+    exceeded: Exceeded | None
+
+
 class UsageLedger(Protocol):
     """The store's half (`storage.usage.UsageStore`)."""
 

@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Self
 
 from bridge.access import Access
 from bridge.budgets import Budgets
+from bridge.claiming import Claiming
 from bridge.config import BudgetsConfig, DispatcherConfig, FilesConfig, MessagesConfig
 from bridge.errors import (
     StorageError,
@@ -62,7 +63,6 @@ from bridge.model import (
     Usage,
     clean_text,
 )
-from bridge.turns import Next, Turns
 
 if TYPE_CHECKING:
     from bridge.backends.base import AgentBackend
@@ -79,7 +79,7 @@ STORE_RETRY = (0.5, 1.0, 2.0, 5.0)
 PURGE_INTERVAL = 3600.0
 
 
-class Dispatcher(Turns):
+class Dispatcher(Claiming):
     """Answers accepted messages through their conversation's agent.
 
     Example::
@@ -135,6 +135,8 @@ class Dispatcher(Turns):
         self._changed = asyncio.Condition()
         self._rounds = 0
         self._last_round_claimed = 0
+        #: The last claim round took as many conversations as it had room for.
+        self._last_round_full = False
         self._accepting = True
         self._in_flight = 0
         self._claimer: asyncio.Task[None] | None = None
@@ -282,7 +284,7 @@ class Dispatcher(Turns):
         if text != msg.text:
             msg = dataclasses.replace(msg, text=text)
         try:
-            stored = await self._store.accept(msg)
+            stored, started = await self._accept(msg)
         except StorageError as exc:
             self._store_failed(exc)
             raise
@@ -297,7 +299,8 @@ class Dispatcher(Turns):
             # An adapter that takes messages is ready to answer them; the inbox
             # order holds whoever starts claiming first (this or `resume`).
             self._claimer = asyncio.create_task(self._claim_loop(), name="dispatcher-claim")
-        self._wake.set()
+        if not started:
+            self._wake.set()
         return True
 
     async def reset(self, key: ConversationKey, agent: str) -> None:
@@ -365,130 +368,6 @@ class Dispatcher(Turns):
 
     def has_agent(self, name: str) -> bool:
         return name in self._backends
-
-    # --- claiming --------------------------------------------------------------------
-
-    async def _claim_loop(self) -> None:
-        self._wake.set()  # a first round at once
-        while self._accepting:
-            try:
-                async with asyncio.timeout(self._poll_interval):
-                    await self._wake.wait()
-            except TimeoutError:
-                pass
-            self._wake.clear()
-            if not self._accepting:
-                break
-            try:
-                await self._claim_round()
-            except StorageError as exc:
-                self._store_failed(exc)
-                log.warning("cannot claim work: %s", exc)
-                async with self._changed:
-                    self._rounds += 1
-                    self._last_round_claimed = 0
-                    self._changed.notify_all()
-
-    async def _claim_round(self, *, count: bool = False) -> int:
-        """Claim what this instance has room for; start a worker per conversation.
-        With ``count``, returns how many unfinished messages the claimed
-        conversations hold (for the start-up log line)."""
-        # One round at a time: `resume` and the claim loop (started by an early
-        # `submit`) may both want one, and a conversation this instance holds
-        # is claimable by it again; two rounds at once would start it twice.
-        async with self._claiming:
-            return await self._claim_round_locked(count=count)
-
-    async def _claim_round_locked(self, *, count: bool) -> int:
-        claimed: list[int] = []
-        room = self._config.max_concurrency - len(self._workers)
-        if room > 0 and self._accepting and self.instance.fresh:
-            claims = await self._store.claim(
-                self.instance.id,
-                platforms=sorted(self._adapters),
-                limit=room,
-                lease_timeout=self.instance.lease_timeout,
-                exclude=list(self._workers),
-            )
-            self.store_problem = None
-            for claim in claims:
-                if claim.taken_from is not None:
-                    self.metrics.takeovers.inc()
-                    log.warning(
-                        "took over conversation %d from instance %s, which is gone "
-                        "(it stopped heartbeating, or its process exited)",
-                        claim.conversation_id,
-                        claim.taken_from,
-                    )
-                self._start_worker(claim.conversation_id, claim.first)
-                claimed.append(claim.conversation_id)
-        self.metrics.leases_held.set(len(self._workers))
-        async with self._changed:
-            self._rounds += 1
-            self._last_round_claimed = len(claimed)
-            self._changed.notify_all()
-        if not (claimed and count):
-            return len(claimed)
-        return await self._store.count_unfinished(conversation_ids=claimed)
-
-    def _start_worker(self, conversation_id: int, first: InboxMessage | None = None) -> None:
-        if conversation_id in self._workers:  # pragma: no cover - excluded from claims
-            return
-        self._workers[conversation_id] = asyncio.create_task(
-            self._work(conversation_id, first), name=f"conversation-{conversation_id}"
-        )
-
-    # --- the work ---------------------------------------------------------------------
-
-    async def _work(self, conversation_id: int, first: InboxMessage | None = None) -> None:
-        """Answer the conversation's messages in order while this instance holds it;
-        ``first`` is its oldest unfinished message as the claim read it."""
-        owner = self.instance.id
-        release = True
-        try:
-            while self._accepting:
-                message: InboxMessage | None
-                if first is not None:
-                    message, first = first, None
-                else:
-                    message = await self._store.next_message(conversation_id, owner)
-                if message is None:
-                    break
-                adapter = self._adapters.get(message.key.platform)
-                if adapter is None:  # pragma: no cover - claims are by registered platform
-                    break
-                outcome = await self._handle(adapter, message)
-                if outcome is Next.RELEASED:
-                    # Given back with the last delivery. Wake the claim loop only if
-                    # this worker was holding the last free place.
-                    if len(self._workers) >= self._config.max_concurrency:
-                        self._wake.set()
-                    return
-                if outcome is Next.STOP:
-                    release = False  # parked (given back) or lost
-                    break
-        except StorageError as exc:
-            # The lease stays ours; the claim loop takes the conversation again
-            # once the database answers.
-            self._store_failed(exc)
-            log.error("conversation %d: store failed, retried shortly: %s", conversation_id, exc)
-            release = False
-            self._wake_later(self._store_retry[0])
-        except Exception:
-            log.exception("conversation %d: unexpected error", conversation_id)
-            release = False
-            self._wake_later(self._delivery_backoff[0])
-        finally:
-            self._workers.pop(conversation_id, None)
-            self.metrics.leases_held.set(len(self._workers))
-        if release and self._accepting:
-            try:
-                if await self._store.release(conversation_id, owner):
-                    self._wake.set()  # a message arrived while we answered
-            except StorageError as exc:
-                self._store_failed(exc)  # still ours: the claim loop takes it again
-        else:
-            self._wake.set()
 
     async def _purge_loop(self) -> None:
         while True:

@@ -30,14 +30,15 @@ import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Protocol, Self
-
-from aiohttp import web
+from typing import TYPE_CHECKING, Any, Protocol, Self
 
 from bridge.config import split_listen
 from bridge.errors import BridgeError
 from bridge.metrics import CONTENT_TYPE, Metrics
 from bridge.web import ListenError, serve
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 log = logging.getLogger("bridge.health")
 
@@ -131,6 +132,8 @@ class HealthServer:
         await self.stop()
 
     async def start(self) -> None:
+        from aiohttp import web  # only with http_listen set (`bridge.web`)
+
         app = web.Application()
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/metrics", self._metrics)
@@ -201,10 +204,14 @@ class HealthServer:
         return wait
 
     async def _healthz(self, request: web.Request) -> web.Response:
+        from aiohttp import web
+
         ok, body = await self.health()
         return web.json_response(body, status=200 if ok else 503)
 
     async def _metrics(self, request: web.Request) -> web.Response:
+        from aiohttp import web
+
         self.metrics.queue_depth.set(self.dispatcher.queue_depth)
         self.metrics.in_flight.set(self.dispatcher.in_flight)
         try:

@@ -31,6 +31,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, TypeVar
 
+from bridge.budgets import StartedTurn
 from bridge.chat import LIVE_REF
 from bridge.config import DispatcherConfig, MessagesConfig
 from bridge.errors import (
@@ -139,7 +140,10 @@ class Turns(TurnBudgets):
         self._timers.add(handle)
         self._no_timers.clear()
 
-    async def _handle(self, adapter: ChatAdapter, message: InboxMessage) -> Next:
+    async def _handle(
+        self, adapter: ChatAdapter, message: InboxMessage, started: StartedTurn | None = None
+    ) -> Next:
+        """Answer ``message``; ``started``: its turn was begun as it was accepted."""
         owner = self.instance.id
         if message.status is MessageStatus.ANSWERED and message.reply_text is not None:
             # Answered earlier (perhaps by a process that died), not yet delivered.
@@ -153,7 +157,7 @@ class Turns(TurnBudgets):
         live = adapter.live(message)
         try:
             try:
-                reply, turn = await self._answer(adapter, message, live)
+                reply, turn = await self._answer(adapter, message, live, started)
             except _Cancelled:
                 return Next.CONTINUE  # finished by `cancel`, which stored it as failed
             if reply is None:
@@ -170,9 +174,16 @@ class Turns(TurnBudgets):
                 await close_live(live, message)
 
     async def _answer(
-        self, adapter: ChatAdapter, message: InboxMessage, live: LiveAnswer | None = None
+        self,
+        adapter: ChatAdapter,
+        message: InboxMessage,
+        live: LiveAnswer | None = None,
+        started: StartedTurn | None = None,
     ) -> tuple[Reply | None, tuple[int, str | None, Usage] | None]:
         """The reply and the turn to record; (None, None) if the lease is gone."""
+        if started is not None:
+            # Marked running and charged as it was accepted (`Dispatcher.submit`).
+            return await self._started(adapter, message, live, started)
         if message.attempts >= MAX_ATTEMPTS:
             log.error(
                 "message %d was interrupted %d times; answering with an error",
@@ -189,14 +200,25 @@ class Turns(TurnBudgets):
             )
             return Reply(text, error_kind="input_too_long"), None
         # Marked running and charged to its budgets in one transaction, before the call.
-        started = await self._store.start_charged_turn(
+        begun = await self._store.start_charged_turn(
             message, self.instance.id, self._budget(message)
         )
-        if started is None:
+        if begun is None:
             return None, None
-        conversation, exceeded = started
-        if exceeded is not None:
-            return self._over_budget(message, conversation, exceeded), None
+        conversation, exceeded = begun
+        return await self._started(adapter, message, live, StartedTurn(conversation, exceeded))
+
+    async def _started(
+        self,
+        adapter: ChatAdapter,
+        message: InboxMessage,
+        live: LiveAnswer | None,
+        started: StartedTurn,
+    ) -> tuple[Reply | None, tuple[int, str | None, Usage] | None]:
+        """The turn, once begun: refused over a budget, or the agent's answer."""
+        conversation = started.conversation
+        if started.exceeded is not None:
+            return self._over_budget(message, conversation, started.exceeded), None
         self._in_flight += 1
         self.metrics.in_flight.set(self._in_flight)
         call = asyncio.create_task(

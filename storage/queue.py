@@ -13,6 +13,9 @@ A message's life, and who moves it (every transition is one statement here)::
 
     pending | running ──cancel (the sender gave up)──> failed, error_kind "cancelled"
 
+    accept_and_start ──> running (the lease taken and the turn charged in the
+    accepting transaction, when nobody works on the conversation: `storage.inbox`)
+
 Work is claimed per conversation, never per message: an instance takes a
 conversation's lease (``conversations.lease_owner``) with `claim`, answers its
 unfinished messages one at a time in inbox order (`next_message`), and gives
@@ -48,12 +51,12 @@ from bridge.model import (
     Conversation,
     Finished,
     InboxMessage,
-    IncomingMessage,
     MessageStatus,
     Usage,
 )
-from storage.conversations import Conversations, conversation_from_row, turn_update
+from storage.conversations import conversation_from_row, turn_update
 from storage.database import _now
+from storage.inbox import Inbox
 from storage.queue_views import QueueStats, QueueViews
 from storage.rows import (
     FINISHED,
@@ -65,13 +68,9 @@ from storage.rows import (
 )
 from storage.schema import conversations, instances, messages
 from storage.usage import reserve_in, settle_usage
-from storage.wakeup import WORK_CHANNEL, Wakeup
+from storage.wakeup import WORK_CHANNEL
 
 log = logging.getLogger("storage")
-
-
-class _Duplicate(Exception):
-    """Raised inside `accept` to roll its transaction back."""
 
 
 class _LeaseLost(Exception):
@@ -91,68 +90,8 @@ class Claim:
     first: InboxMessage | None = None
 
 
-class Queue(Conversations, Wakeup, QueueViews):
-    """The inbox half of the store."""
-
-    # --- accepting -------------------------------------------------------------------
-
-    async def accept(self, msg: IncomingMessage) -> InboxMessage | None:
-        """Commit a new message (status pending) and return it, finding or
-        creating its conversation in the same transaction. A message already
-        seen (same platform and event id) returns None and changes nothing."""
-        now = _now()
-        key = msg.key
-        try:
-            async with self._write("accept a message") as conn:
-                if await self._is_known(conn, key.platform, msg.event_id):
-                    raise _Duplicate
-                conv = await self._find_or_create(conn, key, msg.agent, now)
-                # Two deliveries of one event racing each other: the loser's
-                # insert does nothing (PostgreSQL waits for the winner first).
-                result = await conn.execute(
-                    self._insert(messages)
-                    .values(
-                        platform=key.platform,
-                        event_id=msg.event_id,
-                        conversation_id=conv.id,
-                        agent=msg.agent,
-                        sender=msg.sender,
-                        text=msg.text,
-                        reply_to=msg.reply_to,
-                        meta=dict(msg.meta),
-                        status=MessageStatus.PENDING.value,
-                        attempts=0,
-                        created_at=now,
-                        updated_at=now,
-                    )
-                    .on_conflict_do_nothing(index_elements=["platform", "event_id"])
-                )
-                if result.rowcount != 1:
-                    raise _Duplicate
-                (message_id,) = result.inserted_primary_key or (None,)
-                await self._notify(conn)
-        except _Duplicate:
-            return None
-        if message_id is None:  # pragma: no cover - both databases report it
-            raise StorageError("the database did not report the new message's id")
-        return InboxMessage(
-            id=int(message_id),
-            conversation_id=conv.id,
-            key=key,
-            event_id=msg.event_id,
-            sender=msg.sender,
-            text=msg.text,
-            agent=msg.agent,
-            status=MessageStatus.PENDING,
-            attempts=0,
-            reply_to=msg.reply_to,
-            meta=dict(msg.meta),
-            created_at=now,
-        )
-
-    async def is_known(self, platform: str, event_id: str) -> bool:
-        async with self._read("look up a message") as conn:
-            return await self._is_known(conn, platform, event_id)
+class Queue(Inbox, QueueViews):
+    """The inbox half of the store: accepting (`storage.inbox`), claiming, each step."""
 
     # --- claiming --------------------------------------------------------------------
 
@@ -500,18 +439,6 @@ class Queue(Conversations, Wakeup, QueueViews):
         if more:
             await self._notify(conn)
         return more
-
-    async def _has_work(self, conn: AsyncConnection, conversation_id: int) -> bool:
-        query = select(messages.c.id).where(
-            messages.c.conversation_id == conversation_id, messages.c.status.in_(UNFINISHED_VALUES)
-        )
-        return (await conn.execute(query.limit(1))).first() is not None
-
-    async def _is_known(self, conn: AsyncConnection, platform: str, event_id: str) -> bool:
-        query = select(messages.c.id).where(
-            messages.c.platform == platform, messages.c.event_id == event_id
-        )
-        return (await conn.execute(query)).first() is not None
 
 
 # -- helpers -------------------------------------------------------------
