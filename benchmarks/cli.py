@@ -24,6 +24,7 @@ from benchmarks.processes import BenchError, import_seconds
 from benchmarks.report import RELAY_COLUMN, Results, machine, revision, rows, table
 from benchmarks.scenarios import BRIDGE, RELAY, Session, open_session, percentile
 
+SOAK_COLUMNS = ("sqlite", "postgresql", "relay")
 PHASES = ("throughput", "latency", "slack", "crowd", "import", "soak")
 #: The pace of the latency load, and of the soak.
 PACE = 20.0
@@ -44,6 +45,8 @@ class Options:
     postgres: bool
     phases: frozenset[str]
     quick: bool
+    #: The columns the soak runs in (each takes --soak minutes): sqlite, postgresql, relay.
+    soak_on: frozenset[str] = frozenset(SOAK_COLUMNS)
 
 
 def parse_args(argv: list[str] | None) -> Options:
@@ -83,6 +86,12 @@ def parse_args(argv: list[str] | None) -> Options:
     parser.add_argument(
         "--soak", type=float, default=0.0, metavar="MINUTES", help="RSS over a soak (off: 0)"
     )
+    parser.add_argument(
+        "--soak-on",
+        default=",".join(SOAK_COLUMNS),
+        metavar="COLUMN[,COLUMN]",
+        help=f"where the soak runs, each for --soak minutes: {', '.join(SOAK_COLUMNS)}",
+    )
     parser.add_argument("--no-postgres", action="store_true", help="SQLite only")
     parser.add_argument(
         "--only",
@@ -103,6 +112,9 @@ def parse_args(argv: list[str] | None) -> Options:
         parser.error(f"--only: unknown {', '.join(sorted(unknown))}; choose from {PHASES}")
     if args.soak > 0:
         phases.add("soak")
+    soak_on = {c.strip().lower() for c in args.soak_on.split(",") if c.strip()}
+    if not soak_on or soak_on - set(SOAK_COLUMNS):
+        parser.error(f"--soak-on: choose from {', '.join(SOAK_COLUMNS)}")
     if args.quick:
         return Options(
             runs=1,
@@ -131,6 +143,7 @@ def parse_args(argv: list[str] | None) -> Options:
         postgres=not args.no_postgres,
         phases=frozenset(phases),
         quick=False,
+        soak_on=frozenset(soak_on),
     )
 
 
@@ -325,9 +338,11 @@ class Bench:
             return go
 
         for storage in self.results.storages:
-            async with scratch_database(storage, self.workdir) as url:
-                await self.session(BRIDGE, storage, load(storage), url=url)
-        await self.session(RELAY, RELAY_COLUMN, load(RELAY_COLUMN))
+            if storage.lower() in self.o.soak_on:
+                async with scratch_database(storage, self.workdir) as url:
+                    await self.session(BRIDGE, storage, load(storage), url=url)
+        if RELAY_COLUMN in self.o.soak_on:
+            await self.session(RELAY, RELAY_COLUMN, load(RELAY_COLUMN))
 
 
 async def main_async(options: Options) -> int:

