@@ -12,10 +12,11 @@ from pathlib import Path
 
 import httpx
 
-from tests.daemon.conftest import BridgeProcess, free_port, subprocess_env
+from tests.daemon.conftest import BridgeProcess, subprocess_env
 from tests.fakes.agents import FAKE_API_KEY, FakeAgentServer, FakeResponse, thinnest_config_toml
 from tests.fakes.slack import FakeSlack
 from tests.fakes.telegram import ALICE, FakeError, FakeTelegram, private_text
+from tests.ports import free_port
 
 ADMINS = -1000777
 OUT_OF_CREDIT = FakeResponse(status=402, json={"detail": "Insufficient balance"})

@@ -28,6 +28,7 @@ from bridge.errors import AdapterError, CredentialsRejected
 from bridge.model import ConversationKey, InboxMessage, MessageStatus, Reply
 from tests.fakes.agents import FAKE_AGENT_ID, FAKE_API_KEY, FakeAgentServer, FakeResponse
 from tests.fakes.slack import BOT_USER_ID, TEAM_ID, ApiCall, FakeSlack, signed_headers
+from tests.ports import free_port
 
 
 @pytest.fixture
@@ -698,15 +699,6 @@ async def wait_until(predicate: Any, within: float = 10.0) -> None:
 
 
 SECRET = "fake-signing-secret-0123456789"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def test_http_mode_verifies_signatures_and_answers(

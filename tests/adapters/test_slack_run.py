@@ -15,9 +15,10 @@ from pathlib import Path
 
 import httpx
 
-from tests.daemon.conftest import BridgeProcess, free_port, subprocess_env
+from tests.daemon.conftest import BridgeProcess, subprocess_env
 from tests.fakes.agents import FakeAgentServer, thinnest_config_toml
 from tests.fakes.slack import FakeSlack
+from tests.ports import free_port
 
 
 def write_config(tmp_path: Path, slack: FakeSlack, agents: FakeAgentServer) -> Path:

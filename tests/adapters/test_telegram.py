@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import socket
 import traceback
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -49,6 +48,7 @@ from tests.fakes.telegram import (
     topic_message,
     voice,
 )
+from tests.ports import free_port
 
 ANALYTICS_CHAT = -1002222222222
 
@@ -63,13 +63,6 @@ async def tg() -> AsyncIterator[FakeTelegram]:
 async def agents() -> AsyncIterator[FakeAgentServer]:
     async with FakeAgentServer() as server:
         yield server
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def make_config(

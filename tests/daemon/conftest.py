@@ -96,13 +96,6 @@ async def notify_socket(tmp_path: Path) -> AsyncIterator[NotifyListener]:
         await listener.close()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 class BridgeProcess:
     """``python -m bridge run --config PATH`` in a subprocess; stderr collected."""
 

@@ -13,9 +13,10 @@ from pathlib import Path
 import httpx
 
 from bridge.budgets import TEST_CLOCK_ENV
-from tests.daemon.conftest import BridgeProcess, free_port, subprocess_env
+from tests.daemon.conftest import BridgeProcess, subprocess_env
 from tests.fakes.agents import FakeAgentServer, thinnest_config_toml
 from tests.fakes.telegram import ALICE, FakeTelegram, private_text
+from tests.ports import free_port
 from tests.test_cli import run_cli
 
 

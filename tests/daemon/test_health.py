@@ -21,7 +21,7 @@ from bridge.health import HealthServer, HealthServerError
 from bridge.metrics import Metrics
 from bridge.model import ConversationKey, InboxMessage, IncomingMessage, Reply
 from storage.store import Store
-from tests.daemon.conftest import free_port
+from tests.ports import free_port
 
 
 class LoopbackAdapter(ChatAdapter):

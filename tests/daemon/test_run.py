@@ -14,10 +14,11 @@ import httpx
 from bridge import __version__
 from bridge.model import MessageStatus
 from storage.store import Store
-from tests.daemon.conftest import BridgeProcess, NotifyListener, free_port
+from tests.daemon.conftest import BridgeProcess, NotifyListener
 from tests.fakes.agents import FAKE_API_KEY, FakeAgentServer, thinnest_config_toml
 from tests.fakes.slack import FakeSlack
 from tests.fakes.telegram import ALICE, FakeError, FakeTelegram, private_text
+from tests.ports import free_port
 
 Spawn = Callable[..., BridgeProcess]
 BAD_TOKEN = "111111111:AAthisTokenIsNotTheOneTheFakeKnows_1"

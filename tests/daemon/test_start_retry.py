@@ -16,11 +16,12 @@ from pathlib import Path
 
 import httpx
 
-from tests.daemon.conftest import BridgeProcess, NotifyListener, free_port
+from tests.daemon.conftest import BridgeProcess, NotifyListener
 from tests.daemon.test_run import Spawn, start, stopped, write_config
 from tests.fakes.agents import FakeAgentServer, FakeResponse
 from tests.fakes.slack import FakeSlack
 from tests.fakes.telegram import ALICE, BOB, FakeError, FakeTelegram, private_text
+from tests.ports import free_port
 
 FAST = {"AGENT_BRIDGE_TEST_START_BACKOFF": "0.2,0.5"}
 

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon.conftest import free_port
 from tests.e2e.harness import (
     AgentProxy,
     Cluster,
@@ -26,6 +25,7 @@ from tests.e2e.harness import (
 from tests.e2e.test_multi_instance import WEBHOOK_SECRET, bridge_sections, telegram_section
 from tests.fakes.agents import FakeAgentServer, FakeResponse
 from tests.fakes.telegram import FakeTelegram
+from tests.ports import free_port
 
 pytestmark = pytest.mark.multi_instance
 

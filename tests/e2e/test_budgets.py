@@ -17,7 +17,6 @@ import httpx
 import pytest
 
 from bridge.budgets import TEST_CLOCK_ENV
-from tests.daemon.conftest import free_port
 from tests.e2e.harness import (
     Cluster,
     Forwarder,
@@ -31,6 +30,7 @@ from tests.e2e.harness import (
 from tests.e2e.test_multi_instance import WEBHOOK_SECRET, bridge_sections, telegram_section
 from tests.fakes.agents import FakeAgentServer
 from tests.fakes.telegram import FakeTelegram
+from tests.ports import free_port
 from tests.test_cli import run_cli
 
 pytestmark = pytest.mark.multi_instance

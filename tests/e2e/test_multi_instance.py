@@ -22,7 +22,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon.conftest import free_port
 from tests.e2e.harness import (
     AgentProxy,
     Cluster,
@@ -47,6 +46,7 @@ from tests.e2e.harness import (
 from tests.fakes.agents import FAKE_AGENT_ID, FAKE_API_KEY, FakeAgentServer
 from tests.fakes.slack import FakeSlack
 from tests.fakes.telegram import FakeTelegram
+from tests.ports import free_port
 
 pytestmark = pytest.mark.multi_instance
 

@@ -38,7 +38,6 @@ import httpx
 import pytest
 from sqlalchemy.engine import URL
 
-from tests.daemon.conftest import free_port
 from tests.e2e.conftest import fresh_database
 from tests.e2e.harness import (
     AgentProxy,
@@ -59,6 +58,7 @@ from tests.fakes.agents import FAKE_AGENT_ID, FAKE_API_KEY, FakeAgentServer
 from tests.fakes.slack import FakeSlack
 from tests.fakes.tcpproxy import TcpProxy
 from tests.fakes.telegram import FakeError, FakeTelegram, User, private_text
+from tests.ports import free_port
 
 #: The seed of the kill schedule; printed by the tests, overridable to replay a run.
 SEED = int(os.environ.get("AGENT_BRIDGE_OUTAGE_SEED", "20261202"))
