@@ -2,9 +2,11 @@
 
 Adapters call `Dispatcher.submit()`, which commits the message to the store
 before it returns (so the adapter may then acknowledge the event to its
-platform) and wakes the claim loop. Nothing is answered from memory: the
-claim loop takes conversations from the store's work queue (`storage.queue`)
-and runs one worker per claimed conversation, which answers that
+platform) and wakes the claim loop, or, for a conversation nobody works on
+while this instance has room, commits it with the conversation's lease taken
+and its turn begun and starts that conversation's worker itself. Nothing is
+answered from memory: the claim loop takes conversations from the store's work
+queue (`storage.queue`) and runs one worker per claimed conversation, which answers that
 conversation's unfinished messages one at a time in inbox order, then gives
 the conversation back. Several instances on one PostgreSQL share the queue:
 a conversation is answered by one instance at a time, so its replies stay in
@@ -28,8 +30,10 @@ One message goes through these states (the store's docstring draws them)::
 - A crash during the agent call leaves the message ``running``: whoever
   takes the conversation over runs it again (at most `MAX_ATTEMPTS` times).
 
-Answering one message (the agent call, storing, posting, parking) is in
-`bridge.turns`, a base class of `Dispatcher`; this module claims and schedules.
+Claiming conversations and running their workers (and `submit`'s short way in,
+which starts a turn in the accepting transaction) is in `bridge.claiming`; answering
+one message (the agent call, storing, posting, parking) is in `bridge.turns`: base
+classes of `Dispatcher`. This module is the lifecycle and what adapters call.
 That is also the one place where errors become replies: an `AgentError`
 becomes its ``user_message``; anything unexpected becomes the generic
 ``internal_error`` text, and its traceback goes to the log only.

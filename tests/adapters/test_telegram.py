@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-import adapters.telegram as telegram_module
 import adapters.telegram_polling as polling_module
+import adapters.telegram_sending as telegram_module
 from adapters.base import AdapterState
 from adapters.telegram import TelegramAdapter
 from adapters.telegram_render import utf16_len
